@@ -1,0 +1,225 @@
+"""Typed experiment configuration: dataclasses validated by OmegaConf, loaded from YAML plus dotted overrides.
+
+One `Config` holds everything an experiment needs (model, data, schedule, trainer, output), so a run is
+reproducible from its YAML and the overrides given on the command line (`train.epochs=3 data.batch_size=2`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class BackboneConfig:
+    """ImageNet backbone returning C3-C5 (strides 8/16/32)."""
+
+    name: str = "mobilenet_v2"  # mobilenet_v2 | resnet18 | resnet34 | resnet50
+    pretrained: bool = True  # ImageNet weights through detector.weights (random init with a warning if absent)
+    trainable_layers: int = 3  # stages counted from the top that are trained; BatchNorm always frozen
+    mobilenet_c5_layer: int = 18  # MobileNetV2 C5 tap: 17 (320 ch) or 18 (1280 ch)
+
+
+@dataclass
+class FPNConfig:
+    channels: int = 256
+    p6_from: str = "p5"  # "c5" (torchvision v1) or "p5" (v2)
+
+
+@dataclass
+class HeadConfig:
+    channels: int = 256
+    depth: int = 4
+    norm: str = "none"  # "none" | "group"
+
+
+@dataclass
+class AnchorConfig:
+    sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0, 256.0, 512.0])  # one per P3..P7
+    scales: list[float] = field(default_factory=lambda: [1.0, 2 ** (1 / 3), 2 ** (2 / 3)])
+    ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+
+
+@dataclass
+class LossConfig:
+    """Classification and box losses of the one-stage detector."""
+
+    cls: str = "focal"  # focal (gamma=0 gives CE) | ohem
+    alpha: float | None = 0.25
+    gamma: float = 2.0
+    prior: float = 0.01  # classifier bias init: every anchor starts at p = prior
+    ohem_neg_pos_ratio: float = 3.0
+    ohem_budget: int = 0  # > 0: fixed number of anchors per image instead of the ratio rule
+    box: str = "smooth_l1"  # smooth_l1 | l1 | giou
+    smooth_l1_beta: float = 1.0 / 9.0
+    box_weight: float = 1.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "retinanet"  # retinanet | faster_rcnn
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.4
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    box_coder_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+
+
+@dataclass
+class DataConfig:
+    root: Any = "data/trees"  # one VOC year folder or a list of them (VOC07+12)
+    classes: list[str] = field(default_factory=lambda: ["tree"])
+    train_split: str = "train"
+    val_split: str = "test"
+    test_split: str = "test"
+    size: int = 416  # square letterbox side, a multiple of 32
+    batch_size: int = 4  # per device
+    workers: int = 2
+    hflip: bool = True
+    vflip: bool = False  # aerial data: orientation carries no meaning
+    color_jitter: bool = True
+    scale_jitter: float = 0.0  # > 0: random rescale in [1 - j, 1 + j] before the letterbox
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    max_steps: int | None = None  # optional cap on optimizer steps
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | step
+    step_milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # fractions of total steps
+    warmup_steps: int = 100
+    grad_clip: float = 0.0  # max grad norm; 0 disables
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    seed: int = 0
+    max_nonfinite_steps: int = 5  # consecutive skipped non-finite steps before training stops
+    val_every_n_epochs: int = 1
+    warmup_factor: float = 0.001  # LR factor at step 0; rises linearly to 1 over warmup_steps
+    step_gamma: float = 0.1  # schedule=step: LR factor applied at each milestone
+    min_lr_ratio: float = 0.0  # schedule=cosine: final LR as a fraction of train.lr
+    log_every_n_steps: int = 10  # logging and loss-curve sampling interval, in optimizer steps
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs"
+    name: str = "retinanet_mbv2_trees"
+    weights_dir: str = "weights"
+    export: str = "best"  # weights exported at the end: "best" (by val/map) or "last"
+    progress_bar: bool = True  # Lightning progress bar and model summary
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the file or key."""
+
+
+def _validate(cfg: Config) -> None:
+    """Checks OmegaConf's types cannot express; raises ConfigError naming the key."""
+    checks = [
+        (cfg.model.name in ("retinanet", "faster_rcnn"), "model.name", "retinanet or faster_rcnn"),
+        (cfg.model.fpn.p6_from in ("c5", "p5"), "model.fpn.p6_from", "c5 or p5"),
+        (cfg.model.head.norm in ("none", "group"), "model.head.norm", "none or group"),
+        (cfg.model.loss.cls in ("focal", "ohem"), "model.loss.cls", "focal or ohem"),
+        (cfg.model.loss.box in ("smooth_l1", "l1", "giou"), "model.loss.box", "smooth_l1, l1 or giou"),
+        (len(cfg.model.anchors.sizes) == 5, "model.anchors.sizes", "five sizes, one per level P3..P7"),
+        (cfg.data.size > 0 and cfg.data.size % 32 == 0, "data.size", "a positive multiple of 32"),
+        (cfg.data.batch_size > 0, "data.batch_size", "positive"),
+        (cfg.data.workers >= 0, "data.workers", ">= 0"),
+        (len(cfg.data.classes) > 0, "data.classes", "a non-empty list of class names"),
+        (cfg.train.optimizer in ("sgd", "adamw"), "train.optimizer", "sgd or adamw"),
+        (cfg.train.schedule in ("cosine", "step"), "train.schedule", "cosine or step"),
+        (cfg.train.lr > 0, "train.lr", "positive"),
+        (cfg.train.epochs > 0, "train.epochs", "positive"),
+        (cfg.train.max_steps is None or cfg.train.max_steps > 0, "train.max_steps", "positive or null"),
+        (cfg.train.warmup_steps >= 0, "train.warmup_steps", ">= 0"),
+        (cfg.train.grad_clip >= 0, "train.grad_clip", ">= 0"),
+        (
+            cfg.train.precision in ("32-true", "32", "bf16-mixed", "16-mixed"),
+            "train.precision",
+            "32-true, bf16-mixed or 16-mixed",
+        ),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key} = {OmegaConf.select(OmegaConf.structured(cfg), key)!r}: expected {expected}")
+    roots = cfg.data.root if isinstance(cfg.data.root, (list, tuple)) else [cfg.data.root]
+    if not roots or not all(isinstance(r, str) and r for r in roots):
+        raise ConfigError(f"data.root = {cfg.data.root!r}: expected a path or a list of paths")
+
+
+def data_roots(cfg: Config) -> list[str]:
+    """`data.root` as a list of VOC year folders."""
+    root = cfg.data.root
+    return [str(r) for r in root] if isinstance(root, (list, tuple)) else [str(root)]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config onto the typed defaults, then apply dotted `key=value` overrides.
+
+    Unknown keys and values of the wrong type raise ConfigError naming the file or key.
+    """
+    merged: DictConfig = OmegaConf.structured(Config)
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides must be key=value, got {bad}")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"invalid config{where}: {err}".replace("\n", "; ")) from None
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The full config as YAML (stored in checkpoints and exported weights)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml(text: str) -> Config:
+    """Inverse of `to_yaml`, validated the same way as `load_config`."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid embedded config: {err}".replace("\n", "; ")) from None
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _validate(cfg)
+    return cfg
