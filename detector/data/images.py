@@ -1,0 +1,92 @@
+"""Image loading: any file PIL can decode -> uint8 RGB tensor [3, H, W], with loud errors for bad files.
+
+Images stay uint8 until they reach the model (see DESIGN.md); this module is the single place where files
+become pixels, so EXIF orientation, exotic pixel modes and corrupt files are handled once, here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageReadError", "read_image", "to_rgb_array"]
+
+# Modes PIL uses for single-channel images wider than 8 bits. Their values are on a 16-bit scale
+# (16-bit PNG/TIFF files open as one of these), so they are scaled by 255/65535 rather than clipped at 255,
+# which is what ``Image.convert("RGB")`` would do.
+_WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, empty, truncated, corrupt or not an image; the message names the file."""
+
+
+def _scale_16bit_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Map 0..65535 to 0..255 with rounding (x * 255 / 65535); out-of-range values (32-bit 'I') saturate."""
+    wide = np.clip(values.astype(np.int64), 0, 65535)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert a decoded PIL image of any mode to a uint8 RGB array [H, W, 3].
+
+    Alpha is dropped (the stored colour is kept, as torchvision and OpenCV do); palettes are expanded;
+    16-bit grayscale is scaled down to 8 bits; other modes (1, L, CMYK, YCbCr, LAB, F, ...) use PIL's
+    own conversion.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        arr = np.asarray(img)
+    elif mode in _WIDE_GRAY_MODES:
+        gray = _scale_16bit_to_uint8(np.asarray(img))
+        arr = np.repeat(gray[:, :, None], 3, axis=2)
+    elif mode in ("RGBA", "RGBa", "RGBX", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info):
+        # Going through RGBA first keeps PIL from warning about palette transparency and un-premultiplies.
+        arr = np.asarray(img.convert("RGBA"))[:, :, :3]
+    else:
+        arr = np.asarray(img.convert("RGB"))
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:  # pragma: no cover - PIL contract
+        raise ValueError(f"mode {mode!r} converted to {arr.dtype} {arr.shape}, expected uint8 [H, W, 3]")
+    return arr
+
+
+def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read an image file as a uint8 RGB tensor [3, H, W] with its EXIF orientation applied.
+
+    The whole file is decoded up front (``img.load()``), so a truncated file raises here, naming the file,
+    instead of silently yielding grey pixels. Raises :class:`ImageReadError` for every unreadable file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: image file not found")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a directory, not an image file")
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot stat image file ({err})") from err
+    if size == 0:
+        raise ImageReadError(f"{path}: image file is empty (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            try:
+                oriented = ImageOps.exif_transpose(img)
+            except Exception as err:
+                raise ImageReadError(f"{path}: invalid EXIF orientation data ({err})") from err
+            arr = to_rgb_array(oriented)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError as err:
+        raise ImageReadError(f"{path}: not a recognised image file ({size} bytes)") from err
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"{path}: image too large to decode safely ({err})") from err
+    except Exception as err:  # OSError ("image file is truncated"), SyntaxError (broken PNG), zlib, ...
+        msg = f"{path}: truncated or corrupt image data ({type(err).__name__}: {err})"
+        raise ImageReadError(msg) from err
+    # One copy into a fresh, writable CHW array (PIL's buffer view is read-only).
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
