@@ -1,0 +1,247 @@
+"""Bbox-safe albumentations pipelines: letterbox every image to one square size, plus train-time augmentation.
+
+Letterbox = resize so the longest side is `size` (LongestMaxSize) and pad right/bottom to `size x size`
+(PadIfNeeded, position top_left). The content therefore starts at (0, 0), and the target records `scale`
+(sx, sy) and `pad` (left, top) so `boxes_to_original` maps detections back to original pixels exactly.
+
+Padding colour: ImageNet mean grey (124, 116, 104). After the model's normalization it is ~0, the same as
+torchvision's detectors, which pad the normalized tensor with zeros; black padding reads as a dark border.
+
+Flips are applied to the resized image before it is padded, so they mirror the content only and boxes stay on
+the pixels they cover. Boxes are pascal_voc xyxy in 0-based continuous pixels (x_max may equal the width).
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "PAD_FILL",
+    "DetectionTransform",
+    "boxes_to_original",
+    "build_eval_transforms",
+    "build_train_transforms",
+]
+
+PAD_FILL = (124, 116, 104)  # ImageNet mean in uint8 RGB
+MIN_CROP_VISIBILITY = (
+    0.3  # scale-jitter crop: drop a box when less than this fraction of its area stays visible
+)
+_EPS = 1e-3  # boxes thinner than this (pixels) count as degenerate
+
+
+def _bbox_params() -> A.BboxParams:
+    # clip=True absorbs float rounding at the borders (albumentations rejects coordinates outside [0, 1]);
+    # label_fields make albumentations drop labels and difficult flags together with their boxes.
+    return A.BboxParams(format="pascal_voc", label_fields=["labels", "difficult"], clip=True)
+
+
+def _pad_if_needed(size: int) -> A.PadIfNeeded:
+    """PadIfNeeded to `size x size` at the top left with the mean-grey fill (albumentations 1.4 and 2.x)."""
+    kwargs: dict[str, Any] = dict(
+        min_height=size, min_width=size, position="top_left", border_mode=cv2.BORDER_CONSTANT, p=1.0
+    )
+    params = inspect.signature(A.PadIfNeeded.__init__).parameters
+    kwargs["fill" if "fill" in params else "value"] = PAD_FILL
+    return A.PadIfNeeded(**kwargs)
+
+
+def _check_size(size: int) -> int:
+    if not isinstance(size, int) or size <= 0 or size % 32:
+        raise ValueError(f"letterbox size must be a positive multiple of 32, got {size!r}")
+    return size
+
+
+class DetectionTransform:
+    """Callable `(image uint8 [3,H,W], target | None) -> (image uint8 [3,S,S], target)` around albumentations.
+
+    `resize` is a Compose that resizes (and, for training, flips and jitters colours) without padding; the
+    letterbox geometry is then read from the resized array, a random crop is taken when scale jitter made the
+    image larger than S, and `pad` pads to S x S at the top left.
+    """
+
+    def __init__(self, size: int, resize: A.Compose, seed: int | None = None) -> None:
+        self.size = _check_size(size)
+        self.resize = resize
+        self.pad = A.Compose([_pad_if_needed(size)], bbox_params=_bbox_params())
+        self.rng = np.random.default_rng(seed)
+        if seed is not None:
+            self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Reseed every random choice (once per DataLoader worker, so workers do not repeat each other)."""
+        self.rng = np.random.default_rng(seed)
+        if hasattr(self.resize, "set_random_state"):  # albumentations >= 2.0 keeps its own generators
+            # One generator shared by all steps. Compose.set_random_seed would give every step its own
+            # generator with the same seed, so h-flip and v-flip would always fire together
+            # (albumentations 2.0.8).
+            for compose in (self.resize, self.pad):
+                compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        else:  # albumentations 1.x draws from the global generators
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+
+    def __call__(
+        self, image: torch.Tensor, target: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        if not (
+            isinstance(image, torch.Tensor)
+            and image.dtype == torch.uint8
+            and image.ndim == 3
+            and image.shape[0] == 3
+        ):
+            got = (
+                f"{image.dtype} {tuple(image.shape)}"
+                if isinstance(image, torch.Tensor)
+                else type(image).__name__
+            )
+            raise ValueError(f"expected a uint8 image tensor [3, H, W], got {got}")
+        height, width = int(image.shape[1]), int(image.shape[2])
+        out: dict[str, Any] = dict(target) if target is not None else {}
+        out["orig_size"] = tuple(out.get("orig_size", (height, width)))
+        array = _to_hwc(image)
+        has_boxes = target is not None and "boxes" in target
+        boxes, labels, difficult = _valid_boxes(out, height, width) if has_boxes else _empty()
+
+        res = self.resize(image=array, bboxes=boxes, labels=labels, difficult=difficult)
+        array = res["image"]
+        boxes, labels, difficult = _as_arrays(res["bboxes"], res["labels"], res["difficult"])
+        new_h, new_w = array.shape[:2]
+        left = top = 0
+        if new_h > self.size or new_w > self.size:  # scale jitter > 1: random S x S window of the content
+            left = int(self.rng.integers(0, max(new_w - self.size, 0) + 1))
+            top = int(self.rng.integers(0, max(new_h - self.size, 0) + 1))
+            array = np.ascontiguousarray(array[top : top + self.size, left : left + self.size])
+            boxes, labels, difficult = _crop_boxes(boxes, labels, difficult, left, top, array.shape[:2])
+        res = self.pad(image=array, bboxes=boxes, labels=labels, difficult=difficult)
+        boxes, labels, difficult = _as_arrays(res["bboxes"], res["labels"], res["difficult"])
+        boxes, labels, difficult = _drop_degenerate(boxes, labels, difficult, self.size)
+
+        out["scale"] = torch.tensor([new_w / width, new_h / height], dtype=torch.float32)
+        out["pad"] = torch.tensor([-left, -top], dtype=torch.float32)  # a crop is a negative pad
+        if has_boxes:
+            out["boxes"] = torch.from_numpy(boxes).reshape(-1, 4)
+            out["labels"] = torch.from_numpy(labels.astype(np.int64))
+            out["difficult"] = torch.from_numpy(difficult.astype(bool))
+        return _to_chw(res["image"]), out
+
+
+def _to_hwc(image: torch.Tensor) -> np.ndarray:
+    """uint8 [3, H, W] tensor -> contiguous [H, W, 3] array (cv2.merge beats a torch uint8 permute copy)."""
+    return cv2.merge([np.ascontiguousarray(plane) for plane in image.numpy()])
+
+
+def _to_chw(array: np.ndarray) -> torch.Tensor:
+    """[H, W, 3] array -> contiguous uint8 [3, H, W] tensor (cv2.split, same reason)."""
+    return torch.from_numpy(np.stack(cv2.split(np.ascontiguousarray(array))))
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+
+
+def _as_arrays(boxes, labels, difficult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    return (
+        boxes,
+        np.asarray(labels, dtype=np.int64).reshape(-1),
+        np.asarray(difficult, dtype=bool).reshape(-1),
+    )
+
+
+def _valid_boxes(
+    target: dict[str, Any], height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Target boxes clipped to the image, with degenerate ones (and their labels/flags) removed up front."""
+    boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4).numpy().copy()
+    n = len(boxes)
+    labels = torch.as_tensor(target.get("labels", torch.zeros(n, dtype=torch.int64))).numpy().reshape(-1)
+    difficult = torch.as_tensor(target.get("difficult", torch.zeros(n, dtype=torch.bool))).numpy().reshape(-1)
+    if len(labels) != n or len(difficult) != n:
+        raise ValueError(
+            f"target {target.get('image_id', '?')}: {n} boxes but {len(labels)} labels and {len(difficult)} "
+            "difficult flags"
+        )
+    np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+    keep = np.isfinite(boxes).all(1) & (boxes[:, 2] - boxes[:, 0] > _EPS) & (boxes[:, 3] - boxes[:, 1] > _EPS)
+    return boxes[keep], labels[keep].astype(np.int64), difficult[keep].astype(bool)
+
+
+def _crop_boxes(boxes, labels, difficult, left: int, top: int, shape) -> tuple[np.ndarray, ...]:
+    """Shift boxes into a crop window, clip, and drop those mostly outside it."""
+    if not len(boxes):
+        return boxes, labels, difficult
+    h, w = shape
+    shifted = boxes - np.array([left, top, left, top], np.float32)
+    clipped = shifted.copy()
+    np.clip(clipped[:, 0::2], 0, w, out=clipped[:, 0::2])
+    np.clip(clipped[:, 1::2], 0, h, out=clipped[:, 1::2])
+    area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
+    visible = (clipped[:, 2] - clipped[:, 0]).clip(0) * (clipped[:, 3] - clipped[:, 1]).clip(0)
+    keep = (visible >= MIN_CROP_VISIBILITY * area) & (clipped[:, 2] - clipped[:, 0] > _EPS)
+    keep &= clipped[:, 3] - clipped[:, 1] > _EPS
+    return clipped[keep], labels[keep], difficult[keep]
+
+
+def _drop_degenerate(boxes, labels, difficult, size: int) -> tuple[np.ndarray, ...]:
+    """Final guard: boxes inside [0, S] with positive width and height, labels and flags kept in step."""
+    np.clip(boxes, 0, size, out=boxes)
+    keep = (boxes[:, 2] - boxes[:, 0] > _EPS) & (boxes[:, 3] - boxes[:, 1] > _EPS)
+    return boxes[keep], labels[keep], difficult[keep]
+
+
+def _jitter_sizes(size: int, jitter: float) -> list[int]:
+    """Longest-side candidates spread over [size * (1 - j), size * (1 + j)]."""
+    if not 0.0 <= jitter < 1.0:
+        raise ValueError(f"data.scale_jitter must be in [0, 1), got {jitter}")
+    if jitter == 0:
+        return [size]
+    sizes = np.linspace(size * (1 - jitter), size * (1 + jitter), 11)
+    return sorted({max(32, int(round(s))) for s in sizes})
+
+
+def build_train_transforms(data_cfg: Any, seed: int | None = None) -> DetectionTransform:
+    """Train pipeline from a DataConfig: letterbox to `size`, flips, colour jitter, optional scale jitter."""
+    size = _check_size(int(data_cfg.size))
+    sizes = _jitter_sizes(size, float(getattr(data_cfg, "scale_jitter", 0.0)))
+    steps: list[A.BasicTransform] = [A.LongestMaxSize(max_size=sizes if len(sizes) > 1 else size)]
+    if getattr(data_cfg, "hflip", True):
+        steps.append(A.HorizontalFlip(p=0.5))
+    if getattr(data_cfg, "vflip", False):
+        steps.append(A.VerticalFlip(p=0.5))
+    if getattr(data_cfg, "color_jitter", True):
+        steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8))
+    return DetectionTransform(size, A.Compose(steps, bbox_params=_bbox_params()), seed=seed)
+
+
+def build_eval_transforms(size: int) -> DetectionTransform:
+    """Eval pipeline: letterbox only (deterministic)."""
+    size = _check_size(int(size))
+    return DetectionTransform(size, A.Compose([A.LongestMaxSize(max_size=size)], bbox_params=_bbox_params()))
+
+
+def boxes_to_original(
+    boxes: torch.Tensor,
+    scale: torch.Tensor | Sequence[float],
+    pad: torch.Tensor | Sequence[float],
+    orig_size: Sequence[int],
+) -> torch.Tensor:
+    """Map boxes [K, 4] from the letterboxed frame back to original image pixels and clip to (H, W)."""
+    boxes = torch.as_tensor(boxes)
+    dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
+    scale = torch.as_tensor(scale, dtype=dtype, device=boxes.device).reshape(2)
+    pad = torch.as_tensor(pad, dtype=dtype, device=boxes.device).reshape(2)
+    height, width = (int(v) for v in orig_size)
+    out = (boxes.to(dtype) - pad.repeat(2)) / scale.repeat(2)
+    out[..., 0::2] = out[..., 0::2].clamp(0, width)
+    out[..., 1::2] = out[..., 1::2].clamp(0, height)
+    return out

@@ -1,0 +1,164 @@
+"""VOCDataModule and collate: letterboxed uint8 batches, list targets, several roots, worker processes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detector.config import DataConfig
+from detector.data.datamodule import VOCDataModule, collate_detection
+
+SIZE = 64
+
+
+def _cfg(root, workers=0, batch_size=2, **kw) -> DataConfig:
+    return DataConfig(
+        root=root,
+        classes=["cat", "dog"],
+        train_split="train",
+        val_split="val",
+        test_split="val",
+        size=SIZE,
+        batch_size=batch_size,
+        workers=workers,
+        vflip=True,
+        scale_jitter=0.2,
+        **kw,
+    )
+
+
+@pytest.fixture
+def voc_root(tiny_voc):
+    root = tiny_voc(n_images=5, image_size=(90, 120), split="train", difficult_every=3, seed=1)
+    tiny_voc(n_images=3, image_size=(120, 80), split="val", root=root, seed=2)
+    return root
+
+
+def _check_batch(images, targets, batch_size):
+    assert images.dtype == torch.uint8 and images.shape == (batch_size, 3, SIZE, SIZE)
+    assert isinstance(targets, list) and len(targets) == batch_size
+    for t in targets:
+        assert t["boxes"].dtype == torch.float32 and t["boxes"].shape[1:] == (4,)
+        assert ((t["boxes"] >= 0) & (t["boxes"] <= SIZE)).all()
+        assert t["labels"].dtype == torch.int64 and ((t["labels"] >= 1) & (t["labels"] <= 2)).all()
+        assert len(t["difficult"]) == len(t["labels"]) == len(t["boxes"])
+        assert t["scale"].shape == (2,) and t["pad"].shape == (2,)
+        assert isinstance(t["image_id"], str) and len(t["orig_size"]) == 2
+
+
+def test_collate_stacks_images_and_lists_targets():
+    batch = [(torch.full((3, 8, 8), i, dtype=torch.uint8), {"image_id": str(i)}) for i in range(3)]
+    images, targets = collate_detection(batch)
+    assert images.shape == (3, 3, 8, 8) and images.dtype == torch.uint8
+    assert [t["image_id"] for t in targets] == ["0", "1", "2"] and images[2].eq(2).all()
+    with pytest.raises(ValueError, match="share one size"):
+        collate_detection(batch + [(torch.zeros(3, 8, 9, dtype=torch.uint8), {"image_id": "odd"})])
+    with pytest.raises(ValueError, match="empty batch"):
+        collate_detection([])
+
+
+def test_train_val_loaders(voc_root):
+    dm = VOCDataModule(_cfg(str(voc_root)))
+    assert dm.num_classes == 2 and dm.class_names == ["cat", "dog"]
+    with pytest.raises(RuntimeError, match="before setup"):
+        dm.train_dataloader()
+    dm.setup("fit")
+    train = list(dm.train_dataloader())
+    assert len(train) == 2  # 5 images, batch 2, drop_last
+    for images, targets in train:
+        _check_batch(images, targets, 2)
+    ids = [t["image_id"] for _, ts in train for t in ts]
+    assert len(set(ids)) == 4 and all(i.startswith("train_") for i in ids)
+    val = list(dm.val_dataloader())
+    assert [len(ts) for _, ts in val] == [2, 1]  # no drop_last, no shuffle
+    assert [t["image_id"] for _, ts in val for t in ts] == ["val_0000", "val_0001", "val_0002"]
+    for images, targets in val:
+        _check_batch(images, targets, len(targets))
+        assert all(t["pad"].tolist() == [0.0, 0.0] for t in targets)
+    dm.setup("test")
+    assert sum(len(ts) for _, ts in dm.test_dataloader()) == 3
+
+
+def test_small_train_set_keeps_its_only_batch(tiny_voc):
+    root = tiny_voc(n_images=2, split="train")
+    tiny_voc(n_images=1, split="val", root=root)
+    dm = VOCDataModule(_cfg(str(root), batch_size=4))
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 1 and batches[0][0].shape[0] == 2
+
+
+def test_two_roots_concatenate(voc_root, tiny_voc):
+    other = tiny_voc(n_images=3, image_size=(70, 70), split="train", seed=5)
+    tiny_voc(n_images=2, split="val", root=other, seed=6)
+    dm = VOCDataModule(_cfg([str(voc_root), str(other)], batch_size=3))
+    dm.setup(None)
+    assert len(dm.train_dataset) == 8 and len(dm.val_dataset) == 5
+    sizes = {tuple(t["orig_size"]) for _, ts in dm.val_dataloader() for t in ts}
+    assert sizes == {(120, 80), (160, 192)}
+    for images, targets in dm.train_dataloader():
+        _check_batch(images, targets, 3)
+
+
+def test_one_worker_loads_and_is_reproducible(voc_root):
+    def first_epoch(seed):
+        dm = VOCDataModule(_cfg(str(voc_root), workers=1), seed=seed)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        assert loader.persistent_workers and loader.num_workers == 1
+        return list(loader)
+
+    a, b = first_epoch(0), first_epoch(0)
+    for (ia, ta), (ib, tb) in zip(a, b, strict=True):
+        _check_batch(ia, ta, 2)
+        assert torch.equal(ia, ib)
+        assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(ta, tb, strict=True))
+
+
+def test_bad_root_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="data.root is empty"):
+        VOCDataModule(_cfg([]))
+    dm = VOCDataModule(_cfg(str(tmp_path / "missing")))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        dm.setup("fit")
+
+
+class _SameImage(torch.utils.data.Dataset):
+    """Four copies of one image through one train transform: only the augmentation can tell them apart."""
+
+    def __init__(self, transforms):
+        self.transforms = transforms
+        g = torch.Generator().manual_seed(0)
+        self.image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=g)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        target = {
+            "boxes": torch.tensor([[2.0, 3.0, 30.0, 20.0]]),
+            "labels": torch.tensor([1]),
+            "difficult": torch.tensor([False]),
+            "image_id": str(index),
+            "orig_size": (40, 50),
+        }
+        return self.transforms(self.image, target)
+
+
+@pytest.mark.parametrize("reseed", [True, False])
+def test_workers_do_not_repeat_each_others_augmentations(reseed):
+    from detector.data.datamodule import seed_worker_transforms
+    from detector.data.transforms import build_train_transforms
+
+    dataset = _SameImage(build_train_transforms(_cfg("unused", color_jitter=True), seed=0))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=1,
+        num_workers=2,
+        collate_fn=collate_detection,
+        worker_init_fn=seed_worker_transforms if reseed else None,
+        generator=torch.Generator().manual_seed(0),
+    )
+    images = [images[0] for images, _ in loader]  # items 0, 2 from worker 0; 1, 3 from worker 1
+    # Without reseeding, both forked workers start from the same generator state and repeat each other.
+    assert torch.equal(images[0], images[1]) is (not reseed)
