@@ -7,6 +7,7 @@ become pixels, so EXIF orientation, exotic pixel modes and corrupt files are han
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,23 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return arr
 
 
+_LIMIT_HINT = "raise PIL.Image.MAX_IMAGE_PIXELS (None disables the check) to read such images"
+
+
+def _check_pixel_limit(path: Path, width: int, height: int) -> None:
+    """Refuse images over ``PIL.Image.MAX_IMAGE_PIXELS`` before decoding them (decompression-bomb guard).
+
+    PIL itself only warns between one and two times the limit and would allocate and decode the image; a
+    data loader should not, as a file that small can claim gigabytes. The limit stays PIL's global setting.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ImageReadError(
+            f"{path}: image too large to decode safely ({width}x{height} = {width * height} pixels, "
+            f"limit {limit}); {_LIMIT_HINT}"
+        )
+
+
 def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """Read an image file as a uint8 RGB tensor [3, H, W] with its EXIF orientation applied.
 
@@ -61,18 +79,22 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     instead of silently yielding grey pixels. Raises :class:`ImageReadError` for every unreadable file.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(f"{path}: image file not found")
-    if path.is_dir():
-        raise ImageReadError(f"{path}: is a directory, not an image file")
     try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise ImageReadError(f"{path}: cannot stat image file ({err})") from err
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: image file not found") from None
+    except (OSError, ValueError) as err:  # name too long, embedded NUL byte, permission denied, ...
+        raise ImageReadError(f"{path}: cannot access image file ({err})") from err
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageReadError(f"{path}: is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise ImageReadError(f"{path}: not a regular file")
+    size = st.st_size
     if size == 0:
         raise ImageReadError(f"{path}: image file is empty (0 bytes)")
     try:
         with Image.open(path) as img:
+            _check_pixel_limit(path, *img.size)
             img.load()
             try:
                 oriented = ImageOps.exif_transpose(img)
@@ -83,8 +105,8 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
         raise
     except UnidentifiedImageError as err:
         raise ImageReadError(f"{path}: not a recognised image file ({size} bytes)") from err
-    except Image.DecompressionBombError as err:
-        raise ImageReadError(f"{path}: image too large to decode safely ({err})") from err
+    except Image.DecompressionBombError as err:  # over twice the limit: PIL refuses in Image.open
+        raise ImageReadError(f"{path}: image too large to decode safely ({err}); {_LIMIT_HINT}") from err
     except Exception as err:  # OSError ("image file is truncated"), SyntaxError (broken PNG), zlib, ...
         msg = f"{path}: truncated or corrupt image data ({type(err).__name__}: {err})"
         raise ImageReadError(msg) from err

@@ -52,6 +52,8 @@ VOC_CLASSES: tuple[str, ...] = (
 # Looked up in this order for JPEGImages/{id}{ext}; then the XML's <filename> as a last resort.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 Transforms = Callable[[torch.Tensor, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
 
@@ -152,7 +154,7 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> VOCAnnotation:
         data = path.read_bytes()
     except FileNotFoundError:
         raise VOCFileNotFoundError(f"{path}: annotation file not found") from None
-    except OSError as err:
+    except (OSError, ValueError) as err:  # a directory, name too long, embedded NUL byte, ...
         raise VOCFormatError(f"{path}: cannot read annotation file ({err})") from err
     try:
         root = DET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
@@ -160,6 +162,8 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> VOCAnnotation:
         msg = f"{path}: forbidden XML construct (DTD, entity or external reference): {err}"
         raise VOCFormatError(msg) from err
     except ET.ParseError as err:
+        raise VOCFormatError(f"{path}: malformed XML ({err})") from err
+    except LookupError as err:  # <?xml encoding="..."?> names a codec Python does not know
         raise VOCFormatError(f"{path}: malformed XML ({err})") from err
     if root.tag != "annotation":
         raise VOCFormatError(f"{path}: root element is <{root.tag}>, expected <annotation>")
@@ -198,12 +202,15 @@ def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, 
     """Clip xyxy boxes to ``[0, width] x [0, height]``.
 
     Returns ``(clipped boxes, keep mask, number of kept boxes that clipping changed)``; ``keep`` is False for
-    boxes with zero (or negative) width or height after clipping.
+    boxes with zero (or negative) width or height after clipping, judged in float32 (the dtype of records and
+    targets), so a box 1e-30 px wide is dropped rather than becoming zero-width when it is stored.
     """
     clipped = boxes.copy()
     clipped[:, 0::2] = np.clip(clipped[:, 0::2], 0.0, float(width))
     clipped[:, 1::2] = np.clip(clipped[:, 1::2], 0.0, float(height))
-    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    with np.errstate(over="ignore"):  # beyond float32's range is inf there, which compares correctly
+        stored = clipped.astype(np.float32)
+    keep = (stored[:, 2] > stored[:, 0]) & (stored[:, 3] > stored[:, 1])
     changed = np.any(clipped != boxes, axis=1) & keep
     return clipped, keep, int(changed.sum())
 
@@ -310,7 +317,7 @@ class _BoxFixReport:
 
 def _read_split_ids(split_file: Path) -> list[str]:
     try:
-        lines = split_file.read_text(encoding="utf-8").splitlines()
+        lines = split_file.read_text(encoding="utf-8-sig").splitlines()  # -sig: a leading BOM is dropped
     except UnicodeDecodeError as err:
         raise VOCFormatError(f"{split_file}: split file is not UTF-8 text ({err})") from err
     # Class-specific split files ("aeroplane_train.txt") carry a second column; the id is the first token.
@@ -322,7 +329,7 @@ def _find_image(root: Path, image_id: str, xml_filename: str | None) -> tuple[Pa
     if xml_filename and Path(xml_filename).name == xml_filename:  # a bare name only, never a path
         tried.append(root / "JPEGImages" / xml_filename)
     for candidate in tried:
-        if candidate.is_file():
+        if os.path.isfile(candidate):
             return candidate, tried
     return None, tried
 
@@ -363,17 +370,17 @@ class VOCDataset(Dataset):
 
     def _split_file(self) -> Path:
         root = self.root
-        if not root.is_dir():
+        if not os.path.isdir(root):
             raise VOCFileNotFoundError(
                 f"{root}: VOC root folder not found (expected a year folder such as VOCdevkit/VOC2007 "
                 "holding Annotations/, JPEGImages/, ImageSets/Main/)"
             )
         subfolders = ("Annotations", "JPEGImages", "ImageSets/Main")
-        missing = [sub for sub in subfolders if not (root / sub).is_dir()]
+        missing = [sub for sub in subfolders if not os.path.isdir(root / sub)]
         if missing:
             raise VOCFileNotFoundError(f"{root}: not a VOC year folder, missing {', '.join(missing)}")
         split_file = root / "ImageSets" / "Main" / f"{self.split}.txt"
-        if not split_file.is_file():
+        if not os.path.isfile(split_file):
             available = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
             shown = ", ".join(available[:30]) + (" ..." if len(available) > 30 else "")
             raise VOCFileNotFoundError(
@@ -395,7 +402,8 @@ class VOCDataset(Dataset):
 
     def _load_record(self, image_id: str, split_file: Path, report: _BoxFixReport) -> VOCRecord:
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
-        if not xml_path.is_file():
+        # os.path.isfile, unlike Path.is_file before Python 3.14, is False (not OSError) for over-long names.
+        if not os.path.isfile(xml_path):
             raise VOCFileNotFoundError(
                 f"{xml_path}: annotation for id {image_id!r} (listed in {split_file}) not found"
             )
@@ -420,7 +428,9 @@ class VOCDataset(Dataset):
             image_id=image_id,
             image_path=image_path,
             annotation_path=xml_path,
-            boxes=boxes.astype(np.float32),
+            # Coordinates beyond float32 (e.g. 1e39 with no <size> to clip to) saturate instead of overflowing
+            # to inf with a RuntimeWarning; they are clipped to the image when it is read.
+            boxes=np.clip(boxes, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32),
             labels=labels,
             difficult=difficult,
             size=ann.size,
