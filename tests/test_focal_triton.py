@@ -1,0 +1,158 @@
+"""The Triton focal-loss kernel under TRITON_INTERPRET=1 on CPU tensors, and tools/gpu_check.sh --dry-run.
+
+Triton decides at import/decoration time whether kernels are interpreted, and another test module may already
+have imported triton in this pytest process, so setting the variable here would be unreliable (and would leak
+into other tests). The kernel cases therefore run in a fresh subprocess: this file executed as a script with
+TRITON_INTERPRET=1 set before anything imports triton. It reports every failing case, not just the first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+    return env
+
+
+@pytest.mark.slow
+def test_triton_kernel_under_interpreter():
+    proc = subprocess.run(
+        [sys.executable, __file__],
+        env=_subprocess_env(TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"interpreter cases failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
+    assert "interpreter cases passed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    out = tmp_path / "gpu_out"
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run", "--skip-model", "--out", str(out)],
+        env=_subprocess_env(PYTHON=sys.executable, FOCALDET_NO_COMPILE="1"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    summary = out / "summary.md"
+    assert summary.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+    text = summary.read_text()
+    steps = (out / "steps.tsv").read_text()
+    assert "kernel_check\tok" in steps and "bench_focal\tok" in steps, steps + proc.stdout[-4000:]
+    assert "bench_model\tskipped (--skip-model)" in steps
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    for name in ("env.txt", "kernel_check.json", "bench_focal.json", "kernel_check.log", "bench_focal.log"):
+        assert (out / name).is_file(), name
+    assert "Kernel correctness" in text and "checks passed" in text
+    assert "| float32 | ours |" in text and "| float32 | torchvision |" in text
+
+
+def test_gpu_check_rejects_unknown_arguments():
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tools" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "unknown argument '--bogus'" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Interpreter cases (run by test_triton_kernel_under_interpreter in a subprocess with TRITON_INTERPRET=1)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _interpreter_cases() -> list[str]:
+    """Return a description of every failing case (empty when all pass)."""
+    import torch
+
+    from detector.losses import focal_triton
+    from detector.losses.focal import sigmoid_focal_loss, sigmoid_focal_loss_reference
+
+    assert focal_triton.interpreter_enabled()
+    failures: list[str] = []
+    gen = torch.Generator().manual_seed(0)
+
+    def compare(x, labels, alpha, gamma, reduction, tol, tag):
+        ref_x = x.double().requires_grad_()
+        ref = sigmoid_focal_loss_reference(ref_x, labels, alpha, gamma, reduction)
+        grad_out = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+        ref.backward(grad_out)
+        xk = x.clone().requires_grad_()
+        loss = sigmoid_focal_loss(xk, labels, alpha, gamma, reduction, backend="triton")
+        loss.backward(grad_out.to(loss.dtype))
+        expected_dtype = x.dtype if reduction == "none" else torch.float32
+        problems = []
+        if loss.dtype != expected_dtype or xk.grad.dtype != x.dtype:
+            problems.append(f"dtypes loss {loss.dtype} grad {xk.grad.dtype}")
+        if not torch.allclose(loss.detach().double(), ref.detach(), rtol=tol, atol=tol):
+            problems.append(f"loss err {(loss.detach().double() - ref.detach()).abs().max().item():.3g}")
+        if not torch.allclose(xk.grad.double(), ref_x.grad, rtol=tol, atol=tol * 0.1):
+            problems.append(f"grad err {(xk.grad.double() - ref_x.grad).abs().max().item():.3g}")
+        if problems:
+            failures.append(f"{tag} alpha={alpha} gamma={gamma} {reduction}: " + "; ".join(problems))
+
+    def case(n, c, dtype=torch.float32):
+        x = torch.randn(n, c, generator=gen, dtype=torch.float64) * 8
+        x.view(-1)[0] = 100.0
+        x.view(-1)[-1] = -100.0
+        labels = torch.randint(-2, c, (n,), generator=gen)
+        return x.to(dtype), labels
+
+    # Full gamma x alpha x reduction grid on two shapes (C = 1, and C = 20 with N not a multiple of BLOCK_N).
+    for n, c in ((37, 1), (53, 20)):
+        x, labels = case(n, c)
+        for gamma in (0.0, 0.5, 1.0, 2.0, 5.0):
+            for alpha in (None, 0.25):
+                for reduction in ("sum", "mean", "none"):
+                    compare(x, labels, alpha, gamma, reduction, 1e-5, f"[{n}x{c}]")
+    # Every reduction on more shapes: C > 128 (two column tiles), one row, int32 labels.
+    for n, c in ((9, 130), (1, 3), (18, 80)):
+        x, labels = case(n, c)
+        for reduction in ("sum", "mean", "none"):
+            compare(x, labels.int(), 0.25, 2.0, reduction, 1e-5, f"[{n}x{c}] int32")
+    for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+        x, labels = case(40, 20, dtype)
+        for reduction in ("sum", "none"):
+            compare(x, labels, 0.25, 2.0, reduction, tol, f"[40x20] {dtype}")
+    # Bad labels: a clear error from the public API; inside the kernel, the flag and NaN rows.
+    x, labels = case(30, 4)
+    labels[7] = 9
+    try:
+        sigmoid_focal_loss(x, labels, backend="triton")
+        failures.append("bad label 9 did not raise")
+    except ValueError as exc:
+        if "9" not in str(exc):
+            failures.append(f"bad-label message does not name the value: {exc}")
+    loss, grad, flag = focal_triton.focal_loss_fwd(x, labels, 0.25, 2.0, False)
+    if flag.item() != 1 or not torch.isnan(grad[7]).all() or not torch.isfinite(grad[8]).all():
+        failures.append("in-kernel bad-label flag / NaN rows wrong")
+    # Empty batch.
+    empty = torch.zeros(0, 5, requires_grad=True)
+    out = sigmoid_focal_loss(empty, torch.zeros(0, dtype=torch.int64), backend="triton")
+    out.backward()
+    if out.item() != 0.0 or empty.grad.shape != (0, 5):
+        failures.append("empty batch")
+    return failures
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("run with TRITON_INTERPRET=1 (tests/test_focal_triton.py does)")
+    sys.path.insert(0, str(ROOT))
+    failed = _interpreter_cases()
+    for line in failed:
+        print("FAILED", line)
+    if failed:
+        sys.exit(1)
+    print("interpreter cases passed")
