@@ -19,7 +19,7 @@ class BackboneConfig:
     """ImageNet backbone returning C3-C5 (strides 8/16/32)."""
 
     name: str = "mobilenet_v2"  # mobilenet_v2 | resnet18 | resnet34 | resnet50
-    pretrained: bool = True  # ImageNet weights through detector.weights (random init with a warning if absent)
+    pretrained: bool = True  # ImageNet weights via detector.weights (random init with a warning if absent)
     trainable_layers: int = 3  # stages counted from the top that are trained; BatchNorm always frozen
     mobilenet_c5_layer: int = 18  # MobileNetV2 C5 tap: 17 (320 ch) or 18 (1280 ch)
 
@@ -74,6 +74,7 @@ class ModelConfig:
     nms_thresh: float = 0.5
     detections_per_img: int = 100
     box_coder_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    channels_last: bool = True  # RetinaNet eval runs NHWC (faster CPU forward); training stays NCHW
 
 
 @dataclass
@@ -172,7 +173,8 @@ def _validate(cfg: Config) -> None:
     ]
     for ok, key, expected in checks:
         if not ok:
-            raise ConfigError(f"{key} = {OmegaConf.select(OmegaConf.structured(cfg), key)!r}: expected {expected}")
+            value = OmegaConf.select(OmegaConf.structured(cfg), key)
+            raise ConfigError(f"{key} = {value!r}: expected {expected}")
     roots = cfg.data.root if isinstance(cfg.data.root, (list, tuple)) else [cfg.data.root]
     if not roots or not all(isinstance(r, str) and r for r in roots):
         raise ConfigError(f"data.root = {cfg.data.root!r}: expected a path or a list of paths")

@@ -1,0 +1,57 @@
+"""Anchor-to-ground-truth matching for a whole batch at once (padded ground truth, one IoU tensor).
+
+Per image it equals torchvision's `Matcher(high, low, allow_low_quality_matches=True)` applied to
+`box_iou(gt, anchors)`: index >= 0 matched ground truth, -1 background (IoU < low), -2 ignore (in between).
+"""
+
+from __future__ import annotations
+
+import torch
+
+BACKGROUND = -1
+IGNORE = -2
+
+
+def batched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU [B, G, A] of boxes1 [B, G, 4] against boxes2 [A, 4] or [B, A, 4] (torchvision's arithmetic)."""
+    if boxes2.dim() == 2:
+        boxes2 = boxes2.unsqueeze(0)
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.max(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
+    rb = torch.min(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, :, None] + area2[:, None, :] - inter
+    return inter / union
+
+
+class BatchMatcher:
+    """Matches anchors [A, 4] to padded ground truth [B, G, 4] with a validity mask [B, G]."""
+
+    def __init__(self, high: float = 0.5, low: float = 0.4, allow_low_quality_matches: bool = True) -> None:
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"matcher thresholds need 0 <= low <= high <= 1, got low={low}, high={high}")
+        self.high = float(high)
+        self.low = float(low)
+        self.allow_low_quality_matches = allow_low_quality_matches
+
+    def __call__(self, gt_boxes: torch.Tensor, valid: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Matched ground-truth index per anchor [B, A] (int64): >= 0, BACKGROUND (-1) or IGNORE (-2)."""
+        batch, num_gt = gt_boxes.shape[:2]
+        if num_gt == 0:
+            return torch.full((batch, anchors.shape[0]), BACKGROUND, dtype=torch.int64, device=anchors.device)
+        iou = batched_box_iou(gt_boxes, anchors)
+        iou = torch.where(valid[:, :, None], iou, torch.full_like(iou, -1.0))  # padding never wins
+        matched_vals, matches = iou.max(dim=1)  # [B, A]
+        all_matches = matches
+        matches = torch.where(matched_vals < self.low, torch.full_like(matches, BACKGROUND), matches)
+        between = (matched_vals >= self.low) & (matched_vals < self.high)
+        matches = torch.where(between, torch.full_like(matches, IGNORE), matches)
+        if self.allow_low_quality_matches:
+            # every anchor that is the best one for some ground truth keeps its best ground truth
+            best_per_gt = iou.max(dim=2, keepdim=True).values  # [B, G, 1]
+            is_best = (iou == best_per_gt) & valid[:, :, None]
+            matches = torch.where(is_best.any(dim=1), all_matches, matches)
+        no_gt = ~valid.any(dim=1)  # images without boxes: everything background
+        return torch.where(no_gt[:, None], torch.full_like(matches, BACKGROUND), matches)

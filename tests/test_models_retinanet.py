@@ -1,0 +1,152 @@
+"""RetinaNet: shapes, loss and post-processing against torchvision's RetinaNet with the same weights."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.config import ModelConfig
+from detector.models import build_model
+from detector.models.retinanet import RetinaNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "tools" / "bench_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_cfg(**head) -> ModelConfig:
+    cfg = ModelConfig()
+    cfg.backbone.pretrained = False
+    cfg.fpn.channels = 32
+    cfg.head.channels = head.get("channels", 32)
+    cfg.head.depth = head.get("depth", 2)
+    cfg.head.norm = head.get("norm", "none")
+    return cfg
+
+
+def targets_with_empty() -> list[dict[str, torch.Tensor]]:
+    return [
+        {
+            "boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [64.0, 30.0, 120.0, 100.0]]),
+            "labels": torch.tensor([1, 3]),
+        },
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+
+
+@pytest.mark.parametrize("norm", ["none", "group"])
+def test_shapes_loss_and_eval(norm: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(small_cfg(norm=norm), num_classes=3)
+    assert isinstance(model, RetinaNet)
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    cls, box, anchors, per_level = model.head_outputs(images)
+    num_anchors = 9 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1)
+    assert (
+        cls.shape == (2, num_anchors, 3)
+        and box.shape == (2, num_anchors, 4)
+        and anchors.shape == (num_anchors, 4)
+    )
+    assert per_level == [9 * 256, 9 * 64, 9 * 16, 9 * 4, 9]
+    torch.testing.assert_close(torch.sigmoid(cls).mean(), torch.tensor(0.01), rtol=0.2, atol=0)  # prior init
+    model.train()
+    losses = model(images, targets_with_empty())
+    assert set(losses) == {"classification", "bbox_regression"}
+    total = sum(losses.values())
+    assert total.dim() == 0 and torch.isfinite(total)
+    total.backward()
+    assert model.cls_head.predictor.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for det in out:
+        assert det["boxes"].dtype == torch.float32 and det["boxes"].shape[1] == 4
+        assert det["labels"].dtype == torch.int64 and det["scores"].shape == det["labels"].shape
+
+
+def test_all_images_without_boxes() -> None:
+    model = build_model(small_cfg(), num_classes=2).train()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = model(images, [empty, empty])
+    assert float(losses["bbox_regression"].detach()) == 0.0 and float(losses["classification"].detach()) > 0
+
+
+def test_bad_targets_raise() -> None:
+    model = build_model(small_cfg(), num_classes=2).train()
+    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"label 3 must be in 1\.\.2"):
+        model(images, [{"boxes": torch.tensor([[1.0, 1.0, 20.0, 20.0]]), "labels": torch.tensor([3])}])
+    with pytest.raises(ValueError, match="x2 > x1"):
+        model(images, [{"boxes": torch.tensor([[30.0, 1.0, 20.0, 20.0]]), "labels": torch.tensor([1])}])
+    with pytest.raises(ValueError, match="needs targets"):
+        model(images)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model.eval()(images[0])
+
+
+@pytest.mark.parametrize("box_loss", ["smooth_l1", "giou"])
+def test_box_losses(box_loss: str) -> None:
+    cfg = small_cfg()
+    cfg.loss.box = box_loss
+    model = build_model(cfg, num_classes=3).train()
+    losses = model(torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8), targets_with_empty())
+    value = losses["bbox_regression"].detach()
+    assert torch.isfinite(value) and float(value) > 0
+
+
+def test_ohem_keeps_positives_and_hardest_negatives() -> None:
+    cfg = small_cfg()
+    cfg.loss.cls = "ohem"
+    cfg.loss.ohem_neg_pos_ratio = 1.0
+    model = build_model(cfg, num_classes=3)
+    labels = torch.tensor([[0, -1, -1, -1, -1, -1, -2, 2], [-1, -1, -1, -1, -1, -1, -1, -1]])
+    logits = torch.zeros(16, 3)
+    logits[:, 0] = torch.arange(16.0)  # higher logit = harder negative
+    kept = model.ohem_select(logits, labels)
+    assert kept[0].tolist() == [0, -2, -2, -2, -1, -1, -2, 2]  # 2 positives: the 2 hardest negatives
+    assert kept[1].tolist() == [-2, -2, -2, -2, -2, -2, -2, -1]  # no positive: as many as for one
+    model.train()
+    losses = model(torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8), targets_with_empty())
+    assert torch.isfinite(sum(losses.values()))
+
+
+def test_ohem_budget() -> None:
+    cfg = small_cfg()
+    cfg.loss.cls = "ohem"
+    cfg.loss.ohem_budget = 2
+    model = build_model(cfg, num_classes=3)
+    labels = torch.tensor([[0, -1, -1, -2]])
+    logits = torch.tensor([[-5.0, 0, 0], [9.0, 0, 0], [1.0, 0, 0], [20.0, 0, 0]])
+    assert model.ohem_select(logits, labels).tolist() == [[0, -1, -2, -2]]
+
+
+@pytest.mark.slow
+def test_loss_and_detections_equal_torchvision() -> None:
+    bench = load_bench()
+    torch.manual_seed(0)
+    ours = bench.build_ours(num_classes=4, pretrained=False, channels=32)
+    bench.make_heads_fire(ours)  # varied scores, so post-processing has real work
+    tv = bench.build_torchvision(num_classes=4, size=160, channels=32)
+    bench.copy_weights(ours, tv)
+    images, targets = bench.random_batch(3, 160, 4, torch.Generator().manual_seed(0))
+    quality = bench.check_equal(ours, tv, images, targets)
+    assert quality["loss_max_abs_diff"] < 1e-4
+    assert quality["detections_ours"] == quality["detections_torchvision"] == 300
+    assert quality["matched_min_iou"] > 0.999 and quality["matched_score_max_abs_diff"] < 1e-5
+
+
+def test_build_model_rejects_unknown_name() -> None:
+    cfg = small_cfg()
+    cfg.name = "yolo"
+    with pytest.raises(ValueError, match="unknown model name 'yolo'"):
+        build_model(cfg, num_classes=2)

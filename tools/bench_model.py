@@ -1,0 +1,300 @@
+"""Side-by-side speed of our RetinaNet and torchvision's RetinaNet with identical settings, in one process.
+
+Both use a MobileNetV2-FPN backbone with the same weights (ours copied into torchvision's), 256-channel 4-conv
+heads, the same anchors, thresholds and L1 box loss, on the same random batch and targets. It checks the
+outputs agree, then times a train step (forward + loss + backward) and inference (forward + post-processing).
+
+    python tools/bench_model.py --size 400 --batch 4 --repeats 7 [--device cuda --amp] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.models.detection import RetinaNet as TVRetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import box_iou
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detector.models.backbones import build_backbone  # noqa: E402
+from detector.models.retinanet import RetinaNet  # noqa: E402
+
+SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)
+SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+RATIOS = (0.5, 1.0, 2.0)
+
+
+def machine(device: torch.device) -> str:
+    """One line naming the CPU (or GPU), thread count and library versions."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or "cpu"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
+    return f"{name}, {torch.get_num_threads()} threads, {versions}"
+
+
+def build_ours(num_classes: int, pretrained: bool, channels: int = 256) -> RetinaNet:
+    """Our RetinaNet in the benchmark's settings (FPN and 4-conv heads `channels` wide, L1 box loss)."""
+    backbone = build_backbone(
+        "mobilenet_v2", pretrained=pretrained, trainable_layers=3, mobilenet_c5_layer=18
+    )
+    return RetinaNet(
+        backbone,
+        num_classes,
+        fpn_channels=channels,
+        head_channels=channels,
+        head_depth=4,
+        anchor_sizes=SIZES,
+        anchor_scales=SCALES,
+        anchor_ratios=RATIOS,
+        box_loss="l1",
+        p6_from="p5",
+    )
+
+
+def build_torchvision(num_classes: int, size: int, channels: int = 256) -> TVRetinaNet:
+    """torchvision's RetinaNet on torchvision's MobileNetV2 + FeaturePyramidNetwork (frozen BN, P6 from P5)"""
+    features = torchvision.models.mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d).features
+    for i, layer in enumerate(features):
+        layer.requires_grad_(i >= 4)  # trainable: C3, C4, C5 stages, as in ours with trainable_layers=3
+    body = BackboneWithFPN(
+        features,
+        {"6": "0", "13": "1", "18": "2"},
+        [32, 96, 1280],
+        channels,
+        extra_blocks=LastLevelP6P7(channels, channels),
+    )
+    anchors = AnchorGenerator(tuple(tuple(s * k for k in SCALES) for s in SIZES), (RATIOS,) * len(SIZES))
+    model = TVRetinaNet(
+        body, num_classes, min_size=size, max_size=size, anchor_generator=anchors, detections_per_img=100
+    )
+    model.transform.size_divisible = 1  # no padding to 416: both models see the same 400 x 400 input
+    return model
+
+
+def copy_weights(ours: RetinaNet, tv: TVRetinaNet) -> None:
+    """Copy our parameters and buffers into torchvision's model, part by part in registration order."""
+    src, dst = ours.state_dict(), tv.state_dict()
+    pairs = [
+        ("backbone.", "backbone.body."),
+        ("fpn.", "backbone.fpn."),
+        ("cls_head.", "head.classification_head."),
+        ("box_head.", "head.regression_head."),
+    ]
+    new = {}
+    for ours_prefix, tv_prefix in pairs:
+        a = [k for k in src if k.startswith(ours_prefix)]
+        b = [k for k in dst if k.startswith(tv_prefix)]
+        if len(a) != len(b):
+            raise RuntimeError(f"{ours_prefix}: {len(a)} tensors in ours vs {len(b)} in torchvision's")
+        for ka, kb in zip(a, b, strict=True):
+            if src[ka].shape != dst[kb].shape:
+                raise RuntimeError(
+                    f"shape mismatch {ka} {tuple(src[ka].shape)} vs {kb} {tuple(dst[kb].shape)}"
+                )
+            new[kb] = src[ka]
+    missing = set(dst) - set(new)
+    if missing:
+        raise RuntimeError(f"torchvision tensors not covered: {sorted(missing)[:5]}")
+    tv.load_state_dict(new)
+
+
+def make_heads_fire(model: RetinaNet) -> None:
+    """Re-initialize the heads so scores vary (an untrained head scores every anchor alike, all ties)."""
+    with torch.no_grad():
+        for head, std in ((model.cls_head, 0.05), (model.box_head, 0.01)):
+            for m in head.tower.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            head.predictor.weight.normal_(0, std)
+        model.cls_head.predictor.bias.fill_(-2.0)
+
+
+def random_batch(
+    batch: int, size: int, num_classes: int, gen: torch.Generator
+) -> tuple[torch.Tensor, list[dict]]:
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen)
+    targets = []
+    for i in range(batch):
+        n = 3 + 2 * i
+        xy = torch.rand(n, 2, generator=gen) * size * 0.7
+        wh = 16 + torch.rand(n, 2, generator=gen) * size * 0.3
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
+        labels = torch.randint(1, num_classes + 1, (n,), generator=gen)
+        targets.append({"boxes": boxes, "labels": labels})
+    return images, targets
+
+
+def median_time(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def check_equal(
+    ours: RetinaNet, tv: TVRetinaNet, images: torch.Tensor, targets: list[dict]
+) -> dict[str, float]:
+    """Max differences of losses and detections between the two models holding the same weights."""
+    tv_images = list(images.float() / 255)
+    tv_targets = [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets]
+    ours.train()
+    tv.train()
+    with torch.no_grad():
+        tv_loss = tv(tv_images, tv_targets)
+        # torchvision normalizes each image by its own foreground count and averages over images
+        per_image = [ours(images[i : i + 1], targets[i : i + 1]) for i in range(len(targets))]
+        ours_loss = {k: sum(p[k] for p in per_image) / len(per_image) for k in per_image[0]}
+    loss_diff = max(abs(float(ours_loss[k]) - float(tv_loss[k])) for k in ours_loss)
+    ours.eval()
+    tv.eval()
+    with torch.inference_mode():
+        a, b = ours(images), tv(tv_images)
+    counts = sum(len(x["scores"]) for x in a), sum(len(x["scores"]) for x in b)
+    # detections with equal scores may come out in a different order: pair each of ours with the
+    # torchvision detection of the same class that overlaps it most
+    min_iou, score_diff = 1.0, 0.0
+    for x, y in zip(a, b, strict=True):
+        if len(x["scores"]) == 0 or len(y["scores"]) == 0:
+            min_iou = min_iou if len(x["scores"]) == len(y["scores"]) else 0.0
+            continue
+        iou = box_iou(x["boxes"], y["boxes"]) * (x["labels"][:, None] == y["labels"][None, :] + 1)
+        best, j = iou.max(dim=1)
+        min_iou = min(min_iou, float(best.min()))
+        score_diff = max(score_diff, float((x["scores"] - y["scores"][j]).abs().max()))
+    return {
+        "loss_max_abs_diff": loss_diff,
+        "detections_ours": counts[0],
+        "detections_torchvision": counts[1],
+        "matched_min_iou": min_iou,
+        "matched_score_max_abs_diff": score_diff,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=400)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--classes", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="autocast (float16 on cuda, bfloat16 on cpu) for both")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run: 128 px, batch 2, 1 repeat")
+    p.add_argument("--no-pretrained", action="store_true", help="random backbone instead of ImageNet weights")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.batch, args.repeats, args.warmup = 128, 2, 1, 1
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+
+    ours = build_ours(args.classes, not args.no_pretrained)
+    tv = build_torchvision(args.classes, args.size)
+    make_heads_fire(ours)  # so post-processing and the detection check have real work
+    copy_weights(ours, tv)
+    ours.to(device)
+    tv.to(device)
+    images, targets = random_batch(args.batch, args.size, args.classes, gen)
+    quality = check_equal(ours, tv, images, targets)
+    images = images.to(device)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp)
+
+    def train_ours():
+        with autocast():
+            loss = sum(ours(images, targets).values())
+        loss.backward()
+        ours.zero_grad(set_to_none=True)
+
+    tv_targets = [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets]
+
+    def train_tv():
+        with autocast():
+            loss = sum(tv(list(images.float() / 255), tv_targets).values())
+        loss.backward()
+        tv.zero_grad(set_to_none=True)
+
+    def infer_ours():
+        with torch.inference_mode(), autocast():
+            return ours(images)
+
+    def infer_tv():
+        with torch.inference_mode(), autocast():
+            return tv(list(images.float() / 255))
+
+    times: dict[str, list[float]] = {k: [] for k in ("train_ours", "train_tv", "infer_ours", "infer_tv")}
+    for phase, fo, ft in (("train", train_ours, train_tv), ("infer", infer_ours, infer_tv)):
+        ours.train(phase == "train")
+        tv.train(phase == "train")
+        for i in range(args.warmup + args.repeats):  # alternate so background load hits both alike
+            t_o, t_t = median_time(fo, sync), median_time(ft, sync)
+            if i >= args.warmup:
+                times[f"{phase}_ours"].append(t_o)
+                times[f"{phase}_tv"].append(t_t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "machine": machine(device),
+        "device": str(device),
+        "amp": args.amp,
+        "size": args.size,
+        "batch": args.batch,
+        "classes": args.classes,
+        "repeats": args.repeats,
+        "train_ours_s": med["train_ours"],
+        "train_torchvision_s": med["train_tv"],
+        "infer_ours_s": med["infer_ours"],
+        "infer_torchvision_s": med["infer_tv"],
+        "train_speedup": med["train_tv"] / med["train_ours"],
+        "infer_speedup": med["infer_tv"] / med["infer_ours"],
+        **quality,
+        "times_s": times,
+    }
+    print(f"machine: {result['machine']}")
+    print(
+        f"{args.size} px, batch {args.batch}, {args.classes} classes, "
+        f"median of {args.repeats}, amp={args.amp}"
+    )
+    print("| step | ours (s) | torchvision (s) | speedup |")
+    print("|---|---|---|---|")
+    for phase in ("train", "infer"):
+        print(
+            f"| {phase} | {med[phase + '_ours']:.3f} | {med[phase + '_tv']:.3f} "
+            f"| {result[phase + '_speedup']:.2f}x |"
+        )
+    print("equal outputs: " + ", ".join(f"{k}={v:g}" for k, v in quality.items()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
