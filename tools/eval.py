@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Evaluate exported weights: `tools/eval.py --weights W [--config C] [key=value ...] [--out results.json]`.
+
+Prints per-class AP (VOC area and VOC07 11-point at IoU 0.5), the means, COCO metrics, FPS and the parameter
+count; writes the same numbers as JSON and one precision-recall PNG per class next to it.
+The model always comes from the weights file; `--config` and overrides change data and evaluation settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from detector.cli import fail, print_eval_report, save_pr_curves
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--weights", required=True, help="safetensors file written by tools/train.py")
+    parser.add_argument("--config", help="YAML whose data section replaces the one stored in the weights")
+    parser.add_argument("--split", help="split to evaluate (default: data.test_split)")
+    parser.add_argument("--out", help="results JSON (default: <output.dir>/<output.name>/eval/results.json)")
+    parser.add_argument("--fps-iters", type=int, default=10, help="timed batches per FPS figure; 0 skips FPS")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda (default: best)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    args = parser.parse_args(argv)
+    if args.fps_iters < 0:
+        parser.error(f"--fps-iters must be >= 0, got {args.fps_iters}")
+
+    from detector.config import ConfigError, load_config
+    from detector.inference import apply_overrides, evaluate_split, load_detector
+    from detector.weights import WeightsError
+
+    try:
+        model, cfg, class_names = load_detector(args.weights, device=args.device)
+        if args.config:
+            cfg.data = load_config(args.config).data
+        cfg = apply_overrides(cfg, args.overrides)
+        report, voc_result = evaluate_split(model, cfg, class_names, args.split, fps_iters=args.fps_iters)
+    except (ConfigError, FileNotFoundError, WeightsError, ValueError) as err:
+        return fail(err)
+    report["weights"] = str(args.weights)
+
+    out = Path(args.out) if args.out else Path(cfg.output.dir) / cfg.output.name / "eval" / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report["pr_curves"] = save_pr_curves(voc_result, class_names, out.parent)
+    out.write_text(json.dumps(report, indent=2))
+    print_eval_report(report)
+    print(f"\nresults: {out}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Detect objects in images: `tools/infer.py --weights W IMAGES_OR_FOLDERS... [--out DIR] [--score 0.3]`.
+
+Any image size and mode. Writes each image with its detections drawn (class name and score) and one
+COCO-results JSON (`detections.json`: image_id = file stem, category_id 1..C, bbox xywh in original pixels).
+A file that is not a readable image is reported and skipped; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from detector.cli import fail, print_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--weights", required=True, help="safetensors file written by tools/train.py")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS", help="image files and/or folders")
+    parser.add_argument("--out", default="outputs/infer", help="output folder (default outputs/infer)")
+    parser.add_argument(
+        "--score", type=float, default=0.3, help="minimum score to keep and draw (default 0.3)"
+    )
+    parser.add_argument("--size", type=int, help="letterbox size (default: data.size of the weights' config)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.score <= 1.0:
+        parser.error(f"--score must be in [0, 1], got {args.score}")
+
+    from detector.data.images import ImageReadError, read_image
+    from detector.inference import expand_image_paths, load_detector, predict, to_coco_results
+    from detector.visualize import draw_detections, save_image
+    from detector.weights import WeightsError
+
+    try:
+        model, cfg, class_names = load_detector(args.weights, device=args.device)
+    except (FileNotFoundError, WeightsError, ValueError) as err:
+        return fail(err)
+    size = args.size or cfg.data.size
+    if size <= 0 or size % 32:
+        return fail(ValueError(f"--size must be a positive multiple of 32, got {size}"))
+    files, problems = expand_image_paths(args.inputs)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    ids, dets, rows = [], [], []
+    used_names: set[str] = set()
+    for path in files:
+        try:
+            image = read_image(path)
+        except ImageReadError as err:
+            problems.append(f"skipped (not a readable image): {err}")
+            continue
+        det = predict(model, [image], size)[0]
+        keep = det["scores"] >= args.score
+        det = {k: v[keep] for k, v in det.items()}
+        drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], class_names)
+        name = _unique_name(path.stem, used_names)
+        save_image(drawn, out_dir / f"{name}.png")
+        ids.append(path.stem)
+        dets.append({k: v.numpy() for k, v in det.items()})
+        counts = {class_names[int(c) - 1]: int((det["labels"] == c).sum()) for c in det["labels"].unique()}
+        rows.append(
+            (
+                str(path),
+                f"{image.shape[2]}x{image.shape[1]}",
+                len(det["scores"]),
+                ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "-",
+            )
+        )
+
+    results = to_coco_results(ids, dets)
+    json_path = out_dir / "detections.json"
+    json_path.write_text(json.dumps(results, indent=1))
+    print_table(
+        f"detections with score >= {args.score}", rows, header=("image", "size (WxH)", "boxes", "classes")
+    )
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    summary = f"{len(rows)} image(s) processed, {len(problems)} problem(s)"
+    print(f"\n{summary}; drawings and {json_path.name} in {out_dir}")
+    return 0 if rows else 1
+
+
+def _unique_name(stem: str, used: set[str]) -> str:
+    """Output file name for a stem, suffixed when two inputs share it (a/x.jpg, b/x.png)."""
+    name, i = stem, 1
+    while name in used:
+        name, i = f"{stem}_{i}", i + 1
+    used.add(name)
+    return name
+
+
+if __name__ == "__main__":
+    sys.exit(main())
