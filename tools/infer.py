@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Detect objects in images: `tools/infer.py --weights W IMAGES_OR_FOLDERS... [--out DIR] [--score 0.3]`.
 
+With `--backend onnx --model model.onnx` (from tools/export_onnx.py) the same runs through onnxruntime on the
+CPU instead of PyTorch, with the same outputs; needs `pip install 'focaldet[onnx]'`.
+
 Any image size and mode. Writes each image with its detections drawn (class name and score) and one
 COCO-results JSON (`detections.json`: image_id = file stem, category_id 1..C, bbox xywh in original pixels).
 A file that is not a readable image is reported and skipped; the others still run.
@@ -20,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--weights", required=True, help="safetensors file written by tools/train.py")
+    parser.add_argument("--weights", help="safetensors file written by tools/train.py (backend torch)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="default torch")
+    parser.add_argument("--model", help="ONNX file written by tools/export_onnx.py (backend onnx)")
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS", help="image files and/or folders")
     parser.add_argument("--out", default="outputs/infer", help="output folder (default outputs/infer)")
     parser.add_argument(
@@ -31,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.score <= 1.0:
         parser.error(f"--score must be in [0, 1], got {args.score}")
+    if args.backend == "torch" and not args.weights:
+        parser.error("--weights is required with --backend torch")
+    if args.backend == "onnx" and not args.model:
+        parser.error("--model model.onnx is required with --backend onnx")
 
     from detector.data.images import ImageReadError, read_image
     from detector.inference import expand_image_paths, load_detector, predict, to_coco_results
@@ -38,10 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     from detector.weights import WeightsError
 
     try:
-        model, cfg, class_names = load_detector(args.weights, device=args.device)
-    except (FileNotFoundError, WeightsError, ValueError) as err:
+        if args.backend == "onnx":
+            from detector.onnx_runtime import OnnxDetector, predict_onnx
+
+            model = OnnxDetector(args.model)
+            class_names, size = model.class_names, model.size
+            if args.size and args.size != size:
+                raise ValueError(f"{args.model} was exported for --size {size}, got --size {args.size}")
+            run = lambda image: predict_onnx(model, [image])[0]
+        else:
+            model, cfg, class_names = load_detector(args.weights, device=args.device)
+            size = args.size or cfg.data.size
+            run = lambda image: predict(model, [image], size)[0]
+    except (ImportError, FileNotFoundError, WeightsError, ValueError) as err:
         return fail(err)
-    size = args.size or cfg.data.size
     if size <= 0 or size % 32:
         return fail(ValueError(f"--size must be a positive multiple of 32, got {size}"))
     files, problems = expand_image_paths(args.inputs)
@@ -56,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImageReadError as err:
             problems.append(f"skipped (not a readable image): {err}")
             continue
-        det = predict(model, [image], size)[0]
+        det = run(image)
         keep = det["scores"] >= args.score
         det = {k: v[keep] for k, v in det.items()}
         drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], class_names)
