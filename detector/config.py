@@ -61,7 +61,7 @@ class LossConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "retinanet"  # retinanet | faster_rcnn
+    name: str = "retinanet"  # retinanet | faster_rcnn | torchvision_retinanet (the reference implementation)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -148,7 +148,11 @@ class ConfigError(ValueError):
 def _validate(cfg: Config) -> None:
     """Checks OmegaConf's types cannot express; raises ConfigError naming the key."""
     checks = [
-        (cfg.model.name in ("retinanet", "faster_rcnn"), "model.name", "retinanet or faster_rcnn"),
+        (
+            cfg.model.name in ("retinanet", "faster_rcnn", "torchvision_retinanet"),
+            "model.name",
+            "retinanet, faster_rcnn or torchvision_retinanet",
+        ),
         (cfg.model.fpn.p6_from in ("c5", "p5"), "model.fpn.p6_from", "c5 or p5"),
         (cfg.model.head.norm in ("none", "group"), "model.head.norm", "none or group"),
         (cfg.model.loss.cls in ("focal", "ohem"), "model.loss.cls", "focal or ohem"),

@@ -21,16 +21,15 @@ from pathlib import Path
 import torch
 import torchvision
 from torchvision.models.detection import RetinaNet as TVRetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import box_iou
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.models.backbones import build_backbone  # noqa: E402
 from detector.models.retinanet import RetinaNet  # noqa: E402
+from detector.models.torchvision_retinanet import (  # noqa: E402
+    build_torchvision_retinanet as build_torchvision,  # torchvision's RetinaNet on the same backbone/anchors
+)
 
 SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)
 SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
@@ -71,26 +70,6 @@ def build_ours(num_classes: int, pretrained: bool, channels: int = 256) -> Retin
         box_loss="l1",
         p6_from="p5",
     )
-
-
-def build_torchvision(num_classes: int, size: int, channels: int = 256) -> TVRetinaNet:
-    """torchvision's RetinaNet on torchvision's MobileNetV2 + FeaturePyramidNetwork (frozen BN, P6 from P5)"""
-    features = torchvision.models.mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d).features
-    for i, layer in enumerate(features):
-        layer.requires_grad_(i >= 4)  # trainable: C3, C4, C5 stages, as in ours with trainable_layers=3
-    body = BackboneWithFPN(
-        features,
-        {"6": "0", "13": "1", "18": "2"},
-        [32, 96, 1280],
-        channels,
-        extra_blocks=LastLevelP6P7(channels, channels),
-    )
-    anchors = AnchorGenerator(tuple(tuple(s * k for k in SCALES) for s in SIZES), (RATIOS,) * len(SIZES))
-    model = TVRetinaNet(
-        body, num_classes, min_size=size, max_size=size, anchor_generator=anchors, detections_per_img=100
-    )
-    model.transform.size_divisible = 1  # no padding to 416: both models see the same 400 x 400 input
-    return model
 
 
 def copy_weights(ours: RetinaNet, tv: TVRetinaNet) -> None:

@@ -1,4 +1,5 @@
-"""Detectors behind torchvision's interface: `build_model(model_cfg, num_classes)` -> RetinaNet|FasterRCNN.
+"""Detectors behind torchvision's interface: `build_model(model_cfg, num_classes)` -> RetinaNet|FasterRCNN
+(or torchvision's own RetinaNet, the reference implementation, with `name: torchvision_retinanet`).
 
 `model_cfg` is the `model` section of a config (duck-typed; see detector/config.py ModelConfig).
 """
@@ -56,9 +57,13 @@ def build_retinanet(model_cfg: Any, num_classes: int) -> RetinaNet:
 
 
 def build_model(model_cfg: Any, num_classes: int) -> nn.Module:
-    """The detector named by `model_cfg.name` (retinanet | faster_rcnn) for `num_classes` classes."""
+    """The detector named by `model_cfg.name` (retinanet | faster_rcnn | torchvision_retinanet)."""
     if model_cfg.name == "retinanet":
         return build_retinanet(model_cfg, num_classes)
+    if model_cfg.name == "torchvision_retinanet":
+        from detector.models.torchvision_retinanet import build_from_config
+
+        return build_from_config(model_cfg, num_classes)
     if model_cfg.name == "faster_rcnn":
         return FasterRCNNDetector(
             _backbone(model_cfg),
@@ -71,4 +76,7 @@ def build_model(model_cfg: Any, num_classes: int) -> nn.Module:
             nms_thresh=model_cfg.nms_thresh,
             detections_per_img=model_cfg.detections_per_img,
         )
-    raise ValueError(f"unknown model name {model_cfg.name!r}; expected 'retinanet' or 'faster_rcnn'")
+    raise ValueError(
+        f"unknown model name {model_cfg.name!r}; "
+        "expected 'retinanet', 'faster_rcnn' or 'torchvision_retinanet'"
+    )

@@ -1,0 +1,423 @@
+"""The study tools (compare, loss ablation, loss distribution), their shared logic in `detector.study`, and
+torchvision's RetinaNet behind our interface. End-to-end runs use generated VOC data and a few steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from lit_helpers import TINY_MODEL, disable_loss_compile, make_data, tiny_config, tiny_overrides
+
+from detector import study
+from detector.config import ConfigError, load_config
+from detector.losses.focal import sigmoid_focal_loss
+from detector.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _no_compile(monkeypatch):
+    disable_loss_compile(monkeypatch)
+
+
+@pytest.fixture
+def data(tmp_path):
+    from conftest import write_tiny_voc
+
+    return make_data(write_tiny_voc, tmp_path / "voc")
+
+
+def common_overrides(data: Path, tmp_path: Path, size: int = 96) -> list[str]:
+    """The tiny training settings for every detector of a study (the variant keeps its model.name)."""
+    keep = [o for o in tiny_overrides(data, tmp_path) if not o.startswith(("model.name=", "output."))]
+    return [*keep, f"data.size={size}"]
+
+
+def table_rows(markdown: str, header_start: str) -> list[list[str]]:
+    """Body rows of the markdown table whose header starts with `| header_start`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header_start}"))
+    width = lines[start].count("|")
+    assert re.fullmatch(r"\|(---\|)+", lines[start + 1]) and lines[start + 1].count("|") == width
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        assert line.count("|") - line.count("\\|") == width, line
+        rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return rows
+
+
+# ------------------------------------------------------------------------------ torchvision's RetinaNet
+
+
+def tv_config(*extra: str):
+    return load_config(
+        None,
+        [
+            "model.name=torchvision_retinanet",
+            *TINY_MODEL,
+            "model.loss.box=l1",
+            "data.classes=[a,b,c]",
+            *extra,
+        ],
+    )
+
+
+def random_targets(n_images: int, size: int, num_classes: int, seed: int = 0) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    targets = []
+    for _ in range(n_images):
+        xy = torch.rand(3, 2, generator=gen) * size * 0.6
+        wh = 12 + torch.rand(3, 2, generator=gen) * size * 0.3
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
+        targets.append({"boxes": boxes, "labels": torch.randint(1, num_classes + 1, (3,), generator=gen)})
+    return targets
+
+
+@pytest.mark.slow  # first import of Lightning (DetectorModule) is most of it
+def test_torchvision_retinanet_trains_and_detects_behind_our_interface():
+    from detector.lit import DetectorModule
+    from detector.models.torchvision_retinanet import TorchvisionRetinaNet
+
+    torch.manual_seed(0)
+    cfg = tv_config("model.score_thresh=0.0", "model.detections_per_img=7")
+    model = build_model(cfg.model, 3)
+    assert isinstance(model, TorchvisionRetinaNet)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    targets = random_targets(2, 64, 3)
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.detector.head.classification_head.cls_logits.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for det in out:
+        assert 0 < len(det["scores"]) <= 7
+        assert det["labels"].min() >= 1 and det["labels"].max() <= 3  # shifted back to 1..C
+        assert det["boxes"].min() >= 0 and det["boxes"].max() <= 64
+    # C logits (no background logit): labels are shifted, not padded with a class 0
+    assert model.detector.head.classification_head.num_classes == 3
+    assert isinstance(DetectorModule(cfg, ["a", "b", "c"]).model, TorchvisionRetinaNet)
+    with pytest.raises(ValueError, match=r"labels must be in 1\.\.3"):
+        model.train()(images, [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets])
+
+
+def test_torchvision_retinanet_head_shape_follows_the_config():
+    cfg = tv_config(
+        "model.fpn.channels=32", "model.head.channels=16", "model.head.depth=2", "model.head.norm=group"
+    )
+    model = build_model(cfg.model, 2)
+    cls_head = model.detector.head.classification_head
+    convs = [m for m in cls_head.conv.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(32, 16), (16, 16)]
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in cls_head.conv.modules())
+    prior = torch.sigmoid(cls_head.cls_logits.bias)
+    torch.testing.assert_close(prior, torch.full_like(prior, 0.01))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.loss.gamma=1.0", "fixed focal loss"),
+        ("model.loss.cls=ohem", "fixed focal loss"),
+        ("model.loss.box=smooth_l1", "smooth_l1_beta"),
+    ],
+)
+def test_torchvision_retinanet_refuses_settings_it_cannot_express(override, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(tv_config(override).model, 2)
+
+
+def test_config_accepts_torchvision_retinanet_and_still_rejects_unknown_models():
+    assert tv_config().model.name == "torchvision_retinanet"
+    with pytest.raises(ConfigError, match="model.name"):
+        load_config(None, ["model.name=yolo"])
+
+
+# ------------------------------------------------------------------------------------- measurements
+
+
+def test_gflops_are_counted_and_grow_with_the_input_area():
+    model = build_model(tiny_config(Path("."), Path(".")).model, 2)
+    small, large = study.count_gflops(model, 64), study.count_gflops(model, 128)
+    assert small > 0
+    assert 3.5 < large / small < 4.5  # convolutions dominate: FLOPs scale with the pixel count
+    assert model.training  # mode restored
+
+
+def test_anchor_losses_reproduce_the_models_own_classification_loss():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(Path("."), Path("."), "model.loss.gamma=2.0").model, 2).train()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    targets = random_targets(2, 64, 2, seed=1)
+    with torch.no_grad():
+        expected = model(images, targets)["classification"]
+        logits, labels = study.anchor_logits_and_labels(model, images, targets)
+    assert labels.shape == (logits.shape[0],) and logits.shape[1] == 2
+    assert set(labels.unique().tolist()) <= {-2, -1, 0, 1} and (labels >= 0).any()
+    total = sigmoid_focal_loss(logits, labels, 0.25, 2.0, reduction="sum") / (labels >= 0).sum()
+    torch.testing.assert_close(total, expected, rtol=1e-4, atol=1e-6)
+    fake = torch.nn.Linear(1, 1)
+    with pytest.raises(TypeError, match="our RetinaNet"):
+        study.anchor_logits_and_labels(fake, images, targets)
+
+
+def test_higher_gamma_concentrates_the_background_loss_on_the_hardest_anchors():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.cat([torch.randn(20000, 1, generator=gen) - 5, torch.randn(200, 1, generator=gen) + 1])
+    labels = torch.full((logits.shape[0],), -1)
+    shares = {}
+    for gamma in (0.0, 1.0, 2.0):
+        loss = sigmoid_focal_loss(logits, labels, None, gamma, reduction="none").sum(1).numpy()
+        shares[gamma] = study.hardest_shares(loss, (0.01, 0.1))
+        for fraction, share in shares[gamma].items():
+            assert fraction - 1e-9 <= share <= 1.0
+    assert shares[0.0][0.01] < shares[1.0][0.01] < shares[2.0][0.01]
+
+
+def test_seed_summary_and_best_alpha_per_gamma():
+    s = study.seed_summary([0.5, 0.7, None])
+    assert s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(math.sqrt(0.02))
+    assert (s["min"], s["max"]) == (0.5, 0.7)
+    assert study.seed_summary([None])["mean"] is None
+    results = [
+        {"family": "focal", "gamma": 2.0, "alpha": 0.25, "voc_ap": study.seed_summary([0.6])},
+        {"family": "focal", "gamma": 2.0, "alpha": 0.5, "voc_ap": study.seed_summary([0.7])},
+        {"family": "focal", "gamma": 0.5, "alpha": 0.75, "voc_ap": study.seed_summary([0.4])},
+        {"family": "ce", "gamma": 0.0, "alpha": None, "voc_ap": study.seed_summary([0.9])},
+    ]
+    best = study.best_alpha_per_gamma(results)
+    assert list(best) == [0.5, 2.0] and best[2.0]["alpha"] == 0.5 and best[0.5]["alpha"] == 0.75
+
+
+def test_the_default_loss_grid_is_the_papers_and_every_variant_loads():
+    grid = study.loss_grid()
+    names = [v.name for v in grid]
+    assert names[:4] == ["ce", "ce_a0.25", "ce_a0.5", "ce_a0.75"]
+    assert len([v for v in grid if v.family == "focal"]) == 12 and names[-2:] == ["ohem_1to3", "ohem_b256"]
+    by_name = {v.name: v for v in grid}
+    ce = load_config(None, list(by_name["ce"].overrides)).model.loss
+    assert (ce.cls, ce.alpha, ce.gamma) == ("focal", None, 0.0)
+    fl = load_config(None, list(by_name["fl_g5_a0.5"].overrides)).model.loss
+    assert (fl.alpha, fl.gamma) == (0.5, 5.0)
+    ohem = load_config(None, list(by_name["ohem_b256"].overrides)).model.loss
+    assert (ohem.cls, ohem.ohem_budget) == ("ohem", 256)
+    with pytest.raises(ValueError, match="repeated"):
+        study.loss_grid(ce_alphas=(0.5, 0.5))
+
+
+def test_markdown_table_and_curve_crossings():
+    text = study.markdown_table(["a", "b"], [[1, "x|y"], [2.5, None]])
+    assert text.splitlines()[1] == "|---|---|" and "x\\|y" in text
+    with pytest.raises(ValueError, match="row 0 has 1 cells"):
+        study.markdown_table(["a", "b"], [[1]])
+    curves = {"fast": [(10, 0.5, 256), (20, 0.6, 320)], "slow": [(12, 0.4, 256), (22, 0.8, 320)]}
+    (note,) = study.curve_crossings(curves)
+    assert note.startswith("fast and slow cross near 1")
+    assert study.curve_crossings({"a": [(1, 0.1, 1), (2, 0.2, 2)], "b": [(1, 0.3, 1), (2, 0.4, 2)]}) == []
+
+
+# ------------------------------------------------------------------------------------------ the tools
+
+
+def untrained_weights(cfg, path: Path) -> Path:
+    """Exported weights of a freshly built detector (what `tools/train.py` writes, without the training)."""
+    from detector.lit import DetectorModule, export_weights
+
+    torch.manual_seed(0)
+    return export_weights(DetectorModule(cfg), path)
+
+
+@pytest.mark.slow
+def test_compare_trains_and_evaluates_detectors_and_writes_table_json_and_plot(data, tmp_path):
+    """torchvision's RetinaNet is trained through the Lightning loop, ours (same architecture) comes as
+    --weights. The other two detectors take the same code path (their configs: the variants test below);
+    left out here to keep the test short (an untrained Faster R-CNN step costs seconds on the CPU)."""
+    out, work = tmp_path / "docs", tmp_path / "work"
+    tool = load_tool("compare")
+    common = common_overrides(data, tmp_path)
+    given = []
+    for variant in tool.variants(
+        str(REPO / "configs/retinanet_mbv2_trees.yaml"), str(REPO / "configs/faster_rcnn_mbv2_trees.yaml")
+    ):
+        if variant.name == "retinanet":
+            cfg = study.study_config(variant, common, tmp_path / "given")
+            path = untrained_weights(cfg, tmp_path / f"{variant.name}.safetensors")
+            given += ["--weights", f"{variant.name}={path}"]
+    argv = ["--only", "retinanet", "torchvision_retinanet", "--sizes", "64", "96", "--fps-iters", "1"]
+    argv += ["--time-steps", "1", "--time-warmup", "0", "--out", str(out), "--work-dir", str(work)]
+    argv += [*given, *common]
+    assert tool.main(argv) == 0
+    md = (out / "compare.md").read_text()
+    rows = table_rows(md, "detector | params")
+    assert [r[0] for r in rows] == [
+        "RetinaNet, ours (256x4 head)",
+        "RetinaNet, torchvision (256x4 head)",
+    ]
+    for row in rows:
+        params, gflops, step_s, fps_model, fps_e2e = (float(x) for x in row[1:6])
+        assert params > 0 and gflops > 0 and step_s > 0 and fps_model > 0 and fps_e2e > 0
+        assert all(0.0 <= float(x) <= 1.0 for x in row[6:])
+    assert len(table_rows(md, "detector | 64 px")) == 2 and "Machine:" in md and "Curves cross:" in md
+    report = json.loads((out / "compare.json").read_text())
+    results = {r["name"]: r for r in report["results"]}
+    assert [r["model"] for r in report["results"]] == ["retinanet", "torchvision_retinanet"]
+    for r in report["results"]:
+        assert [s["size"] for s in r["by_size"]] == [64, 96] and r["at_train_size"]["size"] == 96
+        assert all(s["latency_end_to_end_ms"] > 0 and s["num_images"] == 2 for s in r["by_size"])
+    assert results["torchvision_retinanet"]["steps"] == 2 and results["retinanet"]["steps"] is None
+    assert sorted(p.name for p in (work / "runs").iterdir()) == ["torchvision_retinanet"]  # only it trained
+    # same architecture for our 256x4 RetinaNet and torchvision's: equal parameter and FLOP counts
+    ours, tv = results["retinanet"], results["torchvision_retinanet"]
+    assert ours["params"] == tv["params"] and ours["gflops"] == pytest.approx(tv["gflops"], rel=0.02)
+    png = out / "compare_speed_accuracy.png"
+    assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_variants_are_the_four_detectors_on_one_schedule(tmp_path):
+    tool = load_tool("compare")
+    found = tool.variants(
+        str(REPO / "configs/retinanet_mbv2_trees.yaml"), str(REPO / "configs/faster_rcnn_mbv2_trees.yaml")
+    )
+    cfgs = {v.name: study.study_config(v, [], tmp_path, seed=3) for v in found}
+    assert {n: c.model.name for n, c in cfgs.items()} == {
+        "retinanet_compact": "retinanet",
+        "retinanet": "retinanet",
+        "torchvision_retinanet": "torchvision_retinanet",
+        "faster_rcnn": "faster_rcnn",
+    }
+    schedules = {
+        (c.data.size, c.data.batch_size, c.train.max_steps, c.train.lr, c.train.seed) for c in cfgs.values()
+    }
+    assert schedules == {(416, 4, 300, 0.0006, 3)}
+    assert cfgs["retinanet"].model == cfgs["torchvision_retinanet"].model.__class__(
+        **{**vars(cfgs["torchvision_retinanet"].model), "name": "retinanet"}
+    )
+    assert (
+        cfgs["retinanet"].model.head.channels == 256 and cfgs["retinanet_compact"].model.head.channels == 128
+    )
+    assert {c.output.name for c in cfgs.values()} == set(cfgs)
+
+
+def test_compare_rejects_unknown_detectors_and_bad_sizes(tmp_path, capsys):
+    tool = load_tool("compare")
+    assert tool.main(["--only", "yolo", "--out", str(tmp_path)]) == 2
+    assert "unknown detectors ['yolo']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["--sizes", "100"])
+    assert tool.main(["--weights", "nope", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path):
+    out = tmp_path / "docs"
+    argv = [
+        "--ce-alphas",
+        "--gammas",
+        "2",
+        "--focal-alphas",
+        "0.25",
+        "0.5",
+        "--ohem-ratios",
+        "--ohem-budgets",
+        "32",
+    ]
+    argv += ["--only", "fl_g2_a0.25", "ohem_b32", "--seeds", "0", "1", "--out", str(out)]
+    argv += ["--work-dir", str(tmp_path / "work"), *common_overrides(data, tmp_path, size=64)]
+    assert load_tool("ablate_loss").main(argv) == 0
+    md = (out / "ablation.md").read_text()
+    rows = table_rows(md, "variant")
+    assert [r[:5] for r in rows] == [
+        ["fl_g2_a0.25", "FL", "0.25", "2.0", "-"],
+        ["ohem_b32", "OHEM (CE)", "-", "0.0", "budget 32"],
+    ]
+    for row in rows:  # mean ± std (min-max) over the two seeds
+        m = re.fullmatch(r"([\d.]+) ± ([\d.]+) \(([\d.]+)-([\d.]+)\)", row[5])
+        assert m, row[5]
+        mean, std, lo, hi = map(float, m.groups())
+        assert 0 <= lo <= mean <= hi <= 1 and std >= 0
+        assert row[7] == "2/2"
+    assert table_rows(md, "gamma | best alpha")[0][:2] == ["2.0", "0.25"]
+    report = json.loads((out / "ablation.json").read_text())
+    assert [len(r["seeds"]) for r in report["results"]] == [2, 2]
+    assert report["results"][0]["prior"] == 0.01
+    run_dirs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
+    assert run_dirs == ["fl_g2_a0.25_s0", "fl_g2_a0.25_s1", "ohem_b32_s0", "ohem_b32_s1"]
+    assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ablate_loss_rejects_bad_grids(tmp_path, capsys):
+    tool = load_tool("ablate_loss")
+    with pytest.raises(SystemExit):
+        tool.main(["--focal-alphas", "1.5"])
+    assert tool.main(["--only", "nope", "--out", str(tmp_path)]) == 2
+    assert "not in the grid" in capsys.readouterr().err
+
+
+def test_loss_distribution_writes_shares_table_and_figure(data, tmp_path):
+    weights = untrained_weights(tiny_config(data, tmp_path, "data.size=96"), tmp_path / "w.safetensors")
+    out = tmp_path / "docs"
+    tool = load_tool("loss_distribution")
+    assert tool.main(["--weights", str(weights), "--out", str(out)]) == 0
+    md = (out / "loss_distribution.md").read_text()
+    rows = table_rows(md, "gamma")
+    assert [r[0] for r in rows] == ["0", "0.5", "1", "2"]
+    for row in rows:
+        shares = [float(x) for x in row[1:]]
+        for share, fraction in zip(shares, [1, 5, 10, 1, 5, 10], strict=True):
+            assert fraction - 0.6 <= share <= 100.0  # the hardest x% carry at least x% of the loss
+    report = json.loads((out / "loss_distribution.json").read_text())
+    assert report["counts"]["images"] == 2 and report["counts"]["foreground"] > 0
+    assert report["counts"]["background"] > 10 * report["counts"]["foreground"]
+    assert (out / "loss_distribution.png").stat().st_size > 5000
+
+
+def test_loss_distribution_needs_our_retinanet(data, tmp_path, capsys):
+    cfg = tiny_config(data, tmp_path, model="faster_rcnn")
+    weights = untrained_weights(cfg, tmp_path / "frcnn.safetensors")
+    tool = load_tool("loss_distribution")
+    assert tool.main(["--weights", str(weights), "--out", str(tmp_path / "o")]) == 2
+    assert "need our RetinaNet" in capsys.readouterr().err
+    assert tool.main(["--weights", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_every_tool_states_its_budget_in_help(capsys):
+    for name in ("compare", "ablate_loss", "loss_distribution"):
+        with pytest.raises(SystemExit) as exit_info:
+            load_tool(name).main(["--help"])
+        assert exit_info.value.code == 0
+        assert "Budget:" in capsys.readouterr().out
+
+
+def test_ablate_loss_reports_a_diverged_run_instead_of_crashing(tmp_path, monkeypatch):
+    from detector.lit import NonFiniteLossError
+
+    def diverge(name, cfg):
+        raise NonFiniteLossError(f"{name}: non-finite loss for 5 steps in a row")
+
+    monkeypatch.setattr(study, "train_variant", diverge)
+    out = tmp_path / "docs"
+    argv = ["--only", "ce", "fl_g2_a0.25", "--seeds", "0", "--out", str(out), "--work-dir", str(tmp_path)]
+    assert load_tool("ablate_loss").main(argv) == 0
+    rows = table_rows((out / "ablation.md").read_text(), "variant")
+    assert [(r[0], r[5], r[7]) for r in rows] == [("ce", "-", "0/1"), ("fl_g2_a0.25", "-", "0/1")]
+    report = json.loads((out / "ablation.json").read_text())
+    assert "non-finite" in report["results"][0]["seeds"][0]["diverged"]

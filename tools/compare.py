@@ -1,0 +1,267 @@
+#!/usr/bin/env python
+"""One-stage vs two-stage: train several detectors the same way and compare accuracy, cost and speed.
+
+Detectors (same data, schedule, input size, hardware, all through the shared Lightning loop):
+  retinanet_compact      our RetinaNet as in the config (trees: 128-ch FPN, 128 x 3 GroupNorm heads)
+  retinanet              our RetinaNet with the paper's head (256-ch FPN, 256 x 4 heads, no norm, L1 box loss)
+  torchvision_retinanet  torchvision's RetinaNet (the reference) with exactly that architecture
+  faster_rcnn            the two-stage baseline (torchvision Faster R-CNN on the same backbone/FPN)
+
+Table: parameters, GFLOPs (one forward at the training size, 2 FLOPs per multiply-add), train s/step
+(median, batch `data.batch_size`, data loading excluded), FPS at batch 1 (model only, end to end), VOC area AP
+and 11-point AP, COCO AP/AP50/AP75 on the test split. Plot: VOC AP against end-to-end latency at each
+`--sizes` (models trained at `data.size`, evaluated at each size). Writes compare.md, compare.json and
+compare_speed_accuracy.png into --out; runs and weights go to --work-dir.
+
+Budget: the defaults train 4 detectors for the configs' 300 steps (batch 4, 416 px) on the tree tiles
+(data/trees, `python tools/prepare_trees.py`). Estimated on a 2-core CPU: ~15 min for the compact RetinaNet
+(the demo's recipe), ~45-60 min for each 256x4-head RetinaNet (about 4x its FLOPs), ~25 min for Faster R-CNN,
+plus ~10 min of evaluation at 4 sizes: about 2.5-3 h in all. `train.max_steps=N` (a positional override, for
+every detector) scales the training part; `--only` and `--weights NAME=PATH` skip detectors. On VOC, GPU:
+  python tools/compare.py --retinanet-config configs/retinanet_mbv2_voc0712.yaml \
+      --faster-rcnn-config configs/faster_rcnn_r50_fpn_voc0712.yaml --sizes 320 416 512 608 --out docs/voc
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from detector.cli import fail  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_HEAD = (
+    "model.fpn.channels=256",
+    "model.head.channels=256",
+    "model.head.depth=4",
+    "model.head.norm=none",
+    "model.loss.box=l1",
+)
+
+
+def variants(retinanet_config: str, faster_rcnn_config: str) -> list:
+    """The four detectors of the comparison (see the module docstring)."""
+    from detector.study import Variant
+
+    return [
+        Variant("retinanet_compact", "RetinaNet, ours (config head)", retinanet_config),
+        Variant("retinanet", "RetinaNet, ours (256x4 head)", retinanet_config, PAPER_HEAD),
+        Variant(
+            "torchvision_retinanet",
+            "RetinaNet, torchvision (256x4 head)",
+            retinanet_config,
+            (*PAPER_HEAD, "model.name=torchvision_retinanet"),
+        ),
+        Variant("faster_rcnn", "Faster R-CNN, torchvision", faster_rcnn_config),
+    ]
+
+
+def parse_weights(items: list[str], known: list[str]) -> dict[str, str]:
+    """`NAME=PATH` pairs: use these trained weights instead of training that detector."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"--weights {item!r}: expected NAME=PATH with NAME one of {known}")
+        out[name] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--retinanet-config", default=str(ROOT / "configs" / "retinanet_mbv2_trees.yaml"))
+    parser.add_argument("--faster-rcnn-config", default=str(ROOT / "configs" / "faster_rcnn_mbv2_trees.yaml"))
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="run only these detectors (default: all four)"
+    )
+    parser.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="use these exported weights instead of training NAME (repeat per detector)",
+    )
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 320, 416, 512], help="eval input sizes")
+    parser.add_argument("--fps-iters", type=int, default=10, help="timed batches per FPS figure (>= 1)")
+    parser.add_argument("--time-steps", type=int, default=5, help="timed training steps per detector (>= 1)")
+    parser.add_argument(
+        "--time-warmup",
+        type=int,
+        default=2,
+        help="untimed training steps first (the CPU focal loss compiles)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for compare.{md,json} and the PNG")
+    parser.add_argument("--work-dir", default=str(ROOT / "runs" / "compare"), help="runs and weights go here")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every detector")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.fps_iters < 1 or args.time_steps < 1 or args.time_warmup < 0:
+        parser.error("--fps-iters and --time-steps must be >= 1, --time-warmup >= 0")
+    if any(s <= 0 or s % 32 for s in args.sizes):
+        parser.error(f"--sizes must be positive multiples of 32, got {args.sizes}")
+
+    from detector.config import ConfigError
+    from detector.data.voc import VOCFormatError
+    from detector.weights import WeightsError
+
+    try:
+        return run(args)
+    except (ConfigError, FileNotFoundError, ValueError, VOCFormatError, WeightsError) as err:
+        return fail(err)
+
+
+def run(args: argparse.Namespace) -> int:
+    from detector import study
+    from detector.visualize import plot_speed_accuracy
+
+    all_variants = variants(args.retinanet_config, args.faster_rcnn_config)
+    names = [v.name for v in all_variants]
+    unknown = sorted(set(args.only or []) - set(names))
+    if unknown:
+        raise ValueError(f"--only: unknown detectors {unknown}; expected some of {names}")
+    chosen = [v for v in all_variants if not args.only or v.name in args.only]
+    given = parse_weights(args.weights, names)
+    results = []
+    for variant in chosen:
+        cfg = study.study_config(variant, args.overrides, args.work_dir, seed=args.seed)
+        print(f"== {variant.name}: {variant.label}", flush=True)
+        if variant.name in given:
+            trained = study.load_variant(variant.name, given[variant.name])
+            trained.cfg.data = cfg.data  # evaluate on the study's data, whatever the weights were trained on
+        else:
+            trained = study.train_variant(variant.name, cfg)
+        size = int(cfg.data.size)
+        images, targets = study.first_train_batch(cfg)
+        row = {
+            "name": variant.name,
+            "label": variant.label,
+            "model": trained.cfg.model.name,
+            "weights": trained.weights,
+            "train_size": size,
+            "batch_size": int(cfg.data.batch_size),
+            "steps": trained.steps,
+            "fit_seconds": trained.fit_seconds,
+            "params": sum(p.numel() for p in trained.model.parameters()),
+            "gflops": study.count_gflops(trained.model, size),
+            "train_s_per_step": study.time_train_steps(
+                trained.model, images, targets, steps=args.time_steps, warmup=args.time_warmup
+            ),
+        }
+        sizes = sorted(set(args.sizes) | {size})
+        row["by_size"] = study.evaluate_at_sizes(trained, sizes, fps_iters=args.fps_iters)
+        row["at_train_size"] = next(r for r in row["by_size"] if r["size"] == size)
+        results.append(row)
+
+    out = Path(args.out)
+    curves = {
+        r["label"]: [(s["latency_end_to_end_ms"], s["voc_ap"] or 0.0, s["size"]) for s in r["by_size"]]
+        for r in results
+    }
+    png = plot_speed_accuracy(
+        curves, out / "compare_speed_accuracy.png", ylabel="VOC AP50 (area), test split"
+    )
+    crossings = study.curve_crossings(curves)
+    markdown = render(results, args, crossings, study.machine_description(), png.name)
+    (out / "compare.md").write_text(markdown)
+    study.write_json(
+        out / "compare.json",
+        {
+            "machine": study.machine_description(),
+            "command": command_line(args),
+            "crossings": crossings,
+            "results": results,
+        },
+    )
+    print(markdown)
+    print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {png}")
+    return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    return "python tools/compare.py " + " ".join(args.argv)
+
+
+def render(
+    results: list[dict], args: argparse.Namespace, crossings: list[str], machine: str, png: str
+) -> str:
+    """The comparison as markdown: main table, AP/latency by size, crossings, machine and command."""
+    from detector.study import fmt, markdown_table
+
+    header = [
+        "detector",
+        "params (M)",
+        "GFLOPs",
+        "train s/step",
+        "FPS model bs1",
+        "FPS e2e bs1",
+        "VOC AP",
+        "VOC07 11-pt AP",
+        "COCO AP",
+        "AP50",
+        "AP75",
+    ]
+    rows = []
+    for r in results:
+        a = r["at_train_size"]
+        rows.append(
+            [
+                r["label"],
+                fmt(r["params"] / 1e6, 2),
+                fmt(r["gflops"], 2),
+                fmt(r["train_s_per_step"], 3),
+                fmt(a["fps_model_bs1"], 1),
+                fmt(a["fps_end_to_end_bs1"], 1),
+                fmt(a["voc_ap"]),
+                fmt(a["voc_ap_07"]),
+                fmt(a["coco"]["AP"]),
+                fmt(a["coco"]["AP50"]),
+                fmt(a["coco"]["AP75"]),
+            ]
+        )
+    sizes = sorted({s["size"] for r in results for s in r["by_size"]})
+    by_size = [
+        [
+            r["label"],
+            *(
+                next(
+                    (
+                        f"{fmt(s['voc_ap'])} / {fmt(s['latency_end_to_end_ms'], 1)} ms"
+                        for s in r["by_size"]
+                        if s["size"] == size
+                    ),
+                    "-",
+                )
+                for size in sizes
+            ),
+        ]
+        for r in results
+    ]
+    first = results[0]
+    lines = [
+        "# One-stage vs two-stage detectors",
+        "",
+        f"Trained at {first['train_size']} px, batch {first['batch_size']}, {first['steps'] or '-'} steps "
+        "(same data, schedule and Lightning loop for all); evaluated on the test split.",
+        "",
+        markdown_table(header, rows),
+        f"VOC AP at each input size / end-to-end latency per image at batch 1 (plot: `{png}`):",
+        "",
+        markdown_table(["detector", *(f"{s} px" for s in sizes)], by_size),
+        "Curves cross: " + ("; ".join(crossings) if crossings else "nowhere in the measured range") + ".",
+        "",
+        f"Machine: {machine}.",
+        "",
+        f"Command: `{command_line(args)}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
