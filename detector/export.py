@@ -114,7 +114,7 @@ class RetinaNetExport(nn.Module):
         self.model = model.eval()
         self.size = int(size)
         with torch.no_grad():
-            probe = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=model.pixel_mean.device)
+            probe = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=model.normalizer.device)
             feats = model.fpn(model.backbone(model.normalize(probe)))
             grids = [tuple(f.shape[-2:]) for f in feats]
         anchors, per_level = model.anchors.grid((size, size), grids, probe.device, torch.float32)
@@ -128,7 +128,7 @@ class RetinaNetExport(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 images [B, 3, S, S] -> boxes [B, D, 4], scores [B, D], labels [B, D], num_detections [B]."""
         m = self.model
-        x = (images.float() - m.pixel_mean) * m.pixel_inv_std
+        x = m.normalizer(images)
         feats = m.fpn(m.backbone(x))
         cls_logits = m.cls_head(feats)  # [B, A, C]
         box_deltas = m.box_head(feats)  # [B, A, 4]
@@ -215,7 +215,7 @@ def export_onnx(
     if opset < 11:
         raise ValueError(f"NonMaxSuppression needs opset >= 11, got {opset}")
     wrapper = RetinaNetExport(model, size).eval()
-    device = model.pixel_mean.device
+    device = model.normalizer.device
     example = torch.zeros(batch_size, 3, size, size, dtype=torch.uint8, device=device)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

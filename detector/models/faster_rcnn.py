@@ -19,7 +19,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from detector.models.backbones import Backbone
 from detector.models.fpn import FPN
-from detector.models.retinanet import IMAGENET_MEAN, IMAGENET_STD
+from detector.models.normalize import ImageNormalizer
 
 LEVEL_NAMES = ("0", "1", "2", "3", "pool")  # P3..P7; RoI pooling reads P3..P6
 
@@ -89,22 +89,15 @@ class FasterRCNNDetector(nn.Module):
             box_detections_per_img=detections_per_img,
         )
         self.detector.transform = PassThroughTransform()
-        self.register_buffer(
-            "pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False
-        )
-        self.register_buffer(
-            "pixel_inv_std", 1 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255), persistent=False
-        )
+        self.normalizer = ImageNormalizer()
 
     def forward(
         self, images: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         """Training: dict of RPN and box-head losses. Eval: list of dicts boxes, scores, labels (1..C)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         if self.training and targets is None:
             raise ValueError("Faster R-CNN in training mode needs targets")
-        x = (images.to(self.pixel_mean.device).float() - self.pixel_mean) * self.pixel_inv_std
+        x = self.normalizer(images)
         if targets is not None:
             targets = [
                 {

@@ -20,9 +20,7 @@ from detector.models.box_coder import BoxCoder
 from detector.models.box_loss import BOX_LOSSES, box_regression_loss
 from detector.models.fpn import FPN
 from detector.models.matcher import BACKGROUND, IGNORE, BatchMatcher
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from detector.models.normalize import ImageNormalizer
 
 
 class Subnet(nn.Module):
@@ -161,12 +159,7 @@ class RetinaNet(nn.Module):
         self.score_thresh, self.topk_candidates = score_thresh, topk_candidates
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
         self.channels_last = channels_last
-        self.register_buffer(
-            "pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False
-        )
-        self.register_buffer(
-            "pixel_inv_std", 1 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255), persistent=False
-        )
+        self.normalizer = ImageNormalizer()
         self.train()
 
     def train(self, mode: bool = True) -> RetinaNet:
@@ -181,10 +174,7 @@ class RetinaNet(nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0-255 float) images [B, 3, H, W] -> ImageNet-normalized float on the model's device."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        x = images.to(self.pixel_mean.device, non_blocking=True)
-        x = (x.float() - self.pixel_mean) * self.pixel_inv_std
+        x = self.normalizer(images)
         return (
             x.contiguous(memory_format=torch.channels_last) if self.channels_last and not self.training else x
         )

@@ -26,7 +26,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from detector.models.backbones import build_backbone
 from detector.models.faster_rcnn import PassThroughTransform
-from detector.models.retinanet import IMAGENET_MEAN, IMAGENET_STD
+from detector.models.normalize import ImageNormalizer
 
 __all__ = ["TorchvisionRetinaNet", "build_torchvision_retinanet"]
 
@@ -143,22 +143,15 @@ class TorchvisionRetinaNet(nn.Module):
         self.num_classes = num_classes
         self.detector = detector
         self.detector.transform = PassThroughTransform()
-        self.register_buffer(
-            "pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False
-        )
-        self.register_buffer(
-            "pixel_inv_std", 1 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255), persistent=False
-        )
+        self.normalizer = ImageNormalizer()
 
     def forward(
         self, images: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         """Training: {classification, bbox_regression}. Eval: list of dicts boxes [K, 4], scores, labels."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         if self.training and targets is None:
             raise ValueError("torchvision RetinaNet in training mode needs targets")
-        x = (images.to(self.pixel_mean.device).float() - self.pixel_mean) * self.pixel_inv_std
+        x = self.normalizer(images)
         tv_targets = None
         if targets is not None:
             if len(targets) != images.shape[0]:
