@@ -18,6 +18,7 @@ what to install.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -356,6 +357,21 @@ def synthetic_images(size: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
+def calibrate_scores(model: torch.nn.Module, images: torch.Tensor, above: int = 40) -> None:
+    """Give an untrained RetinaNet realistic outputs for parity tests and benchmarks.
+
+    Spreads the classifier's logits (std ~1.5 over the anchors of `images`) and shifts its bias so that about
+    `above` anchor-class pairs of the first image pass the score threshold, which falls between two of them;
+    box deltas get a visible spread too."""
+    head = model.cls_head.predictor
+    torch.nn.init.normal_(model.box_head.predictor.weight, std=0.03)
+    logits = model.head_outputs(images)[0].flatten(1)
+    head.weight *= 1.5 / float(logits.std())
+    top = model.head_outputs(images)[0].flatten(1).topk(above + 1, dim=1).values
+    target = math.log(model.score_thresh / (1 - model.score_thresh))
+    head.bias += target - (top[0, -1] + top[0, -2]) / 2
+
+
 def verify_export(
     model: nn.Module, onnx_path: str | Path, images: torch.Tensor | None = None
 ) -> dict[str, float]:

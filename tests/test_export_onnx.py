@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from detector.export import (  # noqa: E402
     ExportMismatchError,
     OnnxNotInstalledError,
     RetinaNetExport,
+    calibrate_scores,
     compare_detections,
     export_onnx,
     require_onnx,
@@ -70,20 +70,6 @@ def real_images() -> list[torch.Tensor]:
     return images
 
 
-@torch.no_grad()
-def calibrate(model: torch.nn.Module, images: torch.Tensor, above: int = 40) -> None:
-    """Spread the classifier's logits (std ~1.5 over the anchors of `images`) and shift its bias so that about
-    `above` anchor-class pairs of the first image pass the score threshold, which falls between two of them;
-    box deltas get a visible spread too."""
-    head = model.cls_head.predictor
-    torch.nn.init.normal_(model.box_head.predictor.weight, std=0.03)
-    logits = model.head_outputs(images)[0].flatten(1)
-    head.weight *= 1.5 / float(logits.std())
-    top = model.head_outputs(images)[0].flatten(1).topk(above + 1, dim=1).values
-    target = math.log(model.score_thresh / (1 - model.score_thresh))
-    head.bias += target - (top[0, -1] + top[0, -2]) / 2
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(model, config, letterboxed real batch, exported dynamic-batch ONNX path)."""
@@ -91,7 +77,7 @@ def setup(tmp_path_factory):
     cfg = load_config(REPO / "configs" / "retinanet_mbv2_trees.yaml", OVERRIDES)
     model = build_model(cfg.model, len(CLASSES)).eval()
     batch, _ = letterbox_batch(real_images(), SIZE)
-    calibrate(model, batch)
+    calibrate_scores(model, batch)
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(model, path, SIZE, CLASSES, config_yaml=to_yaml(cfg), dynamic_batch=True)
     return model, cfg, batch, path

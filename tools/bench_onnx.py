@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import math
 import platform
 import statistics
 import sys
@@ -28,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.cli import fail, print_table  # noqa: E402
+from detector.export import calibrate_scores  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -58,20 +58,6 @@ def bench_images(size: int, count: int) -> tuple[torch.Tensor, str]:
             images = [read_image(files[i % len(files)]) for i in range(count)]
             return letterbox_batch(images, size)[0], "deepforest tiles"
     return synthetic_images(size, batch=count), "synthetic pattern"
-
-
-@torch.no_grad()
-def calibrate(model: torch.nn.Module, images: torch.Tensor, above: int = 50) -> None:
-    """Spread the classifier's logits (std ~1.5 over the anchors of `images`) and shift its bias so that about
-    `above` anchor-class pairs of the first image pass the score threshold, which falls between two of them;
-    box deltas get a visible spread too."""
-    head = model.cls_head.predictor
-    torch.nn.init.normal_(model.box_head.predictor.weight, std=0.03)
-    logits = model.head_outputs(images)[0].flatten(1)
-    head.weight *= 1.5 / float(logits.std())
-    top = model.head_outputs(images)[0].flatten(1).topk(above + 1, dim=1).values
-    target = math.log(model.score_thresh / (1 - model.score_thresh))
-    head.bias += target - (top[0, -1] + top[0, -2]) / 2
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -122,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size or cfg.data.size
     images, image_source = bench_images(size, max(args.batch))
     if not args.weights:
-        calibrate(model, images)
+        calibrate_scores(model, images, above=50)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(
             model, Path(tmp) / "model.onnx", size, class_names, to_yaml(cfg), dynamic_batch=True
