@@ -113,6 +113,10 @@ class TrainConfig:
     step_gamma: float = 0.1  # schedule=step: LR factor applied at each milestone
     min_lr_ratio: float = 0.0  # schedule=cosine: final LR as a fraction of train.lr
     log_every_n_steps: int = 10  # logging and loss-curve sampling interval, in optimizer steps
+    # > 0: also write checkpoints/last.ckpt every N optimizer steps, so a killed run resumes close to where it
+    # died; N = batches per epoch puts them on epoch ends, where a resumed run matches an uninterrupted one.
+    # 0 = off (last.ckpt only at validations and at the end).
+    checkpoint_every_n_steps: int = 0
 
 
 @dataclass

@@ -146,9 +146,12 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 def load_detector(
     weights_path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, Config, list[str]]:
-    """Rebuild a detector from exported safetensors weights: (model in eval mode, config, class names)."""
+    """Rebuild a detector from exported safetensors weights: (model in eval mode, config, class names).
+
+    Raises WeightsError (naming the file) when the tensors do not fit the model its metadata describes.
+    """
     from detector.models import build_model
-    from detector.weights import load_weights
+    from detector.weights import load_state_dict_checked, load_weights
 
     path = Path(weights_path)
     if not path.is_file():
@@ -162,12 +165,9 @@ def load_detector(
     class_names = list(json.loads(meta["class_names"]))
     cfg.model.backbone.pretrained = False  # every weight comes from the file; no ImageNet lookup needed
     model = build_model(cfg.model, len(class_names))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not match the model in its own config "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
-        )
+    # The metadata's config and class names must describe the tensors; a file whose tensors come from another
+    # architecture or class count (edited metadata, mixed-up files) fails here with what differs.
+    load_state_dict_checked(model, state, path, num_classes=len(class_names))
     return model.to(device).eval(), cfg, class_names
 
 

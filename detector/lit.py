@@ -484,7 +484,8 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
 
     Files: `<output.dir>/<output.name>/` holds `checkpoints/{best,last}.ckpt`, `logs/metrics.csv`,
     `config.yaml`, `history.json` and `curves.png`; the weights go to
-    `<output.weights_dir>/<output.name>.safetensors`.
+    `<output.weights_dir>/<output.name>.safetensors`. With `train.checkpoint_every_n_steps=N`, `last.ckpt` is
+    also rewritten every N steps. A resume checkpoint whose tensors do not fit the model is a WeightsError.
     """
     from detector.data.datamodule import VOCDataModule
 
@@ -498,6 +499,15 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
     dm = VOCDataModule(cfg.data, seed=cfg.train.seed)
     class_names = _class_names_of(dm, cfg)
     module = DetectorModule(cfg, class_names)
+    every = int(cfg.train.checkpoint_every_n_steps)
+    if every < 0:
+        raise ConfigError(f"train.checkpoint_every_n_steps = {every}: expected >= 0 (0 = off)")
+    if resume is not None:  # a checkpoint of another architecture or class count: say what differs
+        from detector.weights import check_state_dict, load_lightning_checkpoint
+
+        saved = load_lightning_checkpoint(resume)["state_dict"]
+        check_state_dict(module, saved, resume, num_classes=len(class_names))
+        del saved
 
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -510,6 +520,17 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
         auto_insert_metric_name=False,
     )
     history = TrainingHistory(every=cfg.train.log_every_n_steps)
+    periodic = []
+    if every > 0:  # writes only last.ckpt (through AtomicCheckpointIO), every `every` optimizer steps
+        periodic.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                every_n_train_steps=every,
+                save_top_k=0,
+                save_last=True,
+                enable_version_counter=False,
+            )
+        )
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -525,7 +546,7 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
         log_every_n_steps=cfg.train.log_every_n_steps,
         default_root_dir=run_dir,
         logger=CSVLogger(save_dir=run_dir, name="logs", version=""),
-        callbacks=[checkpoint, history, ValidateAtEnd(), *callbacks],
+        callbacks=[checkpoint, *periodic, history, ValidateAtEnd(), *callbacks],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.output.progress_bar,
         enable_model_summary=cfg.output.progress_bar,
@@ -533,6 +554,7 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        _remove_stale_temp_files(ckpt_dir, Path(cfg.output.weights_dir), cfg.output.name)
         if (
             resume is None
         ):  # stale files of an earlier run with the same name would be mistaken for this one's
@@ -589,6 +611,18 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
         history=history.history,
         is_global_zero=trainer.is_global_zero,
     )
+
+
+def _remove_stale_temp_files(ckpt_dir: Path, weights_dir: Path, name: str) -> None:
+    """Delete temporary files that a killed run left mid-write (`AtomicCheckpointIO`, `save_weights`).
+
+    They never carry a final name, so nothing loads them; removing them keeps the folders clean.
+    """
+    patterns = [(ckpt_dir, ".*.ckpt.*.tmp"), (weights_dir, f".{name}.safetensors.*.tmp")]
+    for folder, pattern in patterns:
+        if folder.is_dir():
+            for leftover in folder.glob(pattern):
+                leftover.unlink(missing_ok=True)
 
 
 def _plot_curves(history: dict[str, list], path: Path) -> Path | None:

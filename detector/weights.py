@@ -26,7 +26,9 @@ __all__ = [
     "WeightsError",
     "WeightsNotFoundError",
     "backbone_weights_enum",
+    "check_state_dict",
     "load_lightning_checkpoint",
+    "load_state_dict_checked",
     "load_weights",
     "resolve_backbone_weights",
     "save_weights",
@@ -277,3 +279,101 @@ def load_lightning_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise WeightsError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fitting a state dict to a model: say what differs instead of torch's wall of size-mismatch lines.
+# ----------------------------------------------------------------------------------------------------------
+
+_LIST_AT_MOST = 5  # keys shown per kind of difference; the counts are always given
+
+
+def _class_count_candidates(file_shape: tuple, model_shape: tuple, num_classes: int) -> set[int]:
+    """Class counts that explain a first-dimension-only mismatch of a classifier tensor.
+
+    Classifier outputs are `k * num_classes` (RetinaNet: k anchors) or `k * (num_classes + 1)` (Faster
+    R-CNN: a background class); the same k in the file gives the file's class count.
+    """
+    if len(file_shape) != len(model_shape) or not file_shape or file_shape[1:] != model_shape[1:]:
+        return set()
+    found = set()
+    for background in (0, 1):
+        per, rest = divmod(model_shape[0], num_classes + background)
+        if rest or per == 0 or file_shape[0] % per:
+            continue
+        classes = file_shape[0] // per - background
+        if classes >= 1 and classes != num_classes:
+            found.add(classes)
+    return found
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_AT_MOST])
+    return shown + (f", ... ({len(keys) - _LIST_AT_MOST} more)" if len(keys) > _LIST_AT_MOST else "")
+
+
+def check_state_dict(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str | Path,
+    num_classes: int | None = None,
+) -> None:
+    """Raise WeightsError naming `source` and what differs when `state_dict` does not fit `model` exactly.
+
+    The message lists missing and unexpected keys (first few, with counts), every shape mismatch as
+    `key: file [..] vs model [..]`, and when the classifier shapes say so, "trained for N class(es), model
+    has M". `num_classes` defaults to the model's own `num_classes` attribute.
+    """
+    expected = model.state_dict()
+    missing = sorted(k for k in expected if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in expected)
+    mismatched = sorted(
+        k
+        for k in expected
+        if k in state_dict
+        and isinstance(state_dict[k], torch.Tensor)
+        and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    )
+    not_tensors = sorted(
+        k for k in state_dict if k in expected and not isinstance(state_dict[k], torch.Tensor)
+    )
+    if not (missing or unexpected or mismatched or not_tensors):
+        return
+    parts = []
+    num_classes = num_classes if num_classes is not None else getattr(model, "num_classes", None)
+    if mismatched and isinstance(num_classes, int) and num_classes >= 1:
+        candidates = [
+            _class_count_candidates(tuple(state_dict[k].shape), tuple(expected[k].shape), num_classes)
+            for k in mismatched
+        ]
+        # Claimed only when one class count explains every difference (a head-width change does not).
+        agreed = set.intersection(*candidates) if all(candidates) else set()
+        if len(agreed) == 1 and not (missing or unexpected):
+            parts.append(f"trained for {agreed.pop()} class(es), model has {num_classes}")
+    if mismatched:
+        shapes = [
+            f"{k}: file {list(state_dict[k].shape)} vs model {list(expected[k].shape)}" for k in mismatched
+        ]
+        parts.append(f"{len(mismatched)} shape mismatch(es): {_listed(shapes)}")
+    if missing:
+        parts.append(f"{len(missing)} key(s) the model needs are missing from the file: {_listed(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} key(s) in the file the model does not have: {_listed(unexpected)}")
+    if not_tensors:
+        parts.append(f"{len(not_tensors)} entry(ies) are not tensors: {_listed(not_tensors)}")
+    raise WeightsError(
+        f"{source}: weights do not fit the model ({type(model).__name__}, {len(expected)} tensors; the file "
+        f"has {len(state_dict)}); it was saved from another architecture or class count: " + "; ".join(parts)
+    )
+
+
+def load_state_dict_checked(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str | Path,
+    num_classes: int | None = None,
+) -> torch.nn.Module:
+    """Strict `model.load_state_dict` after `check_state_dict`, so a mismatch is a WeightsError."""
+    check_state_dict(model, state_dict, source, num_classes)
+    model.load_state_dict(state_dict, strict=True)
+    return model
