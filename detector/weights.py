@@ -13,12 +13,13 @@ import json
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from detector.atomic import atomic_open
 
 __all__ = [
     "BACKBONE_WEIGHTS",
@@ -206,18 +207,8 @@ def save_weights(
     meta = dict(metadata)
     meta[DIGEST_KEY] = _tensors_digest(tensors)
     payload = save(tensors, metadata=meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as fh:
+        fh.write(payload)
     return path
 
 

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from detector.data.images import read_image
+from detector.atomic import atomic_open
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -268,16 +269,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> bool:
     path = Path(path)
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as fh:
+        fh.write(data)
     return True
 
 
