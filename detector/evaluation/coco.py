@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector.evaluation.voc import Detections, GroundTruths, parse_detections, parse_ground_truths
+from detector.evaluation.voc import Detections, GroundTruths, parse_aligned
 
 __all__ = ["COCO_METRICS", "coco_ap", "to_coco"]
 
@@ -93,13 +93,7 @@ def coco_ap(
     detections per image). As in pycocotools, a metric is -1 when no ground truth falls in its area range.
     ``verbose`` lets pycocotools print its usual summary; otherwise its output is captured.
     """
-    dets = parse_detections(detections)
-    gts = parse_ground_truths(ground_truths)
-    if dets.num_images != gts.num_images:
-        raise ValueError(
-            f"detections has {dets.num_images} images but ground_truths has {gts.num_images}; "
-            "they must be aligned one entry per image"
-        )
+    dets, gts = parse_aligned(detections, ground_truths)
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
         coco_gt, coco_dt = to_coco(dets, gts, class_names)

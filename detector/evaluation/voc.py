@@ -268,6 +268,20 @@ def _evaluate_class(
     return precision, recall, npos
 
 
+def parse_aligned(
+    detections: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]]
+) -> tuple[Detections, GroundTruths]:
+    """Parse both inputs of a metric and check they hold one entry per image, in the same order."""
+    dets = parse_detections(detections)
+    gts = parse_ground_truths(ground_truths)
+    if dets.num_images != gts.num_images:
+        raise ValueError(
+            f"detections has {dets.num_images} images but ground_truths has {gts.num_images}; "
+            "they must be aligned one entry per image"
+        )
+    return dets, gts
+
+
 def voc_ap(
     detections: Sequence[Mapping[str, Any]],
     ground_truths: Sequence[Mapping[str, Any]],
@@ -290,13 +304,7 @@ def voc_ap(
     """
     if not 0.0 <= float(iou_threshold) < 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
-    dets = parse_detections(detections)
-    gts = parse_ground_truths(ground_truths)
-    if dets.num_images != gts.num_images:
-        raise ValueError(
-            f"detections has {dets.num_images} images but ground_truths has {gts.num_images}; "
-            "they must be aligned one entry per image"
-        )
+    dets, gts = parse_aligned(detections, ground_truths)
     seen = np.union1d(dets.labels, gts.labels)
     if num_classes is not None:
         if num_classes < 1:
