@@ -1,11 +1,13 @@
-"""ONNX export of the RetinaNet: one self-contained graph from uint8 pixels to final detections.
+"""ONNX export of both detectors: one self-contained graph from uint8 pixels to final detections.
 
-The graph holds normalization, backbone, FPN, heads, anchor decoding, the score threshold, per-class NMS (the
-ONNX `NonMaxSuppression` op) and the top detections per image, so a client needs only onnxruntime. Inputs and
-outputs (D = `detections_per_img`, padded):
+The RetinaNet graph holds normalization, backbone, FPN, heads, anchor decoding, the score threshold, per-class
+NMS (the ONNX `NonMaxSuppression` op) and the top detections per image, so a client needs only onnxruntime.
+The Faster R-CNN baseline exports through torchvision's own export-aware code (RPN proposals, RoIAlign, box
+head, per-class NMS), with a fixed batch: torchvision's RPN and RoI heads loop over the images of the traced
+batch. Both give the same inputs and outputs (D = `detections_per_img`, padded):
 
 - `images`: uint8 [B, 3, S, S] RGB, letterboxed like `build_eval_transforms(S)` (S fixed at export time;
-  B fixed or dynamic);
+  B fixed, or dynamic for the RetinaNet);
 - `boxes` float32 [B, D, 4] xyxy in the S x S frame, `scores` float32 [B, D] (descending),
   `labels` int64 [B, D] (1..C), `num_detections` int64 [B]: the first `num_detections[b]` rows of image b
   are its detections; the rest is padding with score 0, label 0 and a zero box.
@@ -35,6 +37,7 @@ __all__ = [
     "INSTALL_HINT",
     "METADATA_KEYS",
     "OUTPUT_NAMES",
+    "FasterRCNNExport",
     "OnnxNotInstalledError",
     "RetinaNetExport",
     "export_onnx",
@@ -174,6 +177,34 @@ class RetinaNetExport(nn.Module):
         return out_boxes, top_scores, out_labels, valid.sum(dim=1)
 
 
+class FasterRCNNExport(nn.Module):
+    """`FasterRCNNDetector` inference (torchvision's tracing-aware RPN and RoI heads) with its variable-length
+    detections padded to D rows per image, the layout of `RetinaNetExport`.
+
+    torchvision already sorts each image's detections by descending score and keeps the top
+    `detections_per_img`; padding appends zero rows (score 0, label 0) and keeps the first D.
+    """
+
+    def __init__(self, model: FasterRCNNDetector, size: int) -> None:
+        super().__init__()
+        if size <= 0 or size % 32:
+            raise ValueError(f"export size must be a positive multiple of 32, got {size}")
+        self.model = model.eval()
+        self.size = int(size)
+        self.max_detections = model.detections_per_img
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 images [B, 3, S, S] -> boxes [B, D, 4], scores [B, D], labels [B, D], num_detections [B]."""
+        limit = self.max_detections
+        boxes, scores, labels = [], [], []
+        for det in self.model(images):
+            boxes.append(torch.cat((det["boxes"], det["boxes"].new_zeros(limit, 4)))[:limit])
+            scores.append(torch.cat((det["scores"], det["scores"].new_zeros(limit)))[:limit])
+            labels.append(torch.cat((det["labels"], det["labels"].new_zeros(limit)))[:limit])
+        out_scores = torch.stack(scores)
+        return torch.stack(boxes), out_scores, torch.stack(labels), (out_scores > 0).sum(dim=1)
+
+
 def unpad(boxes: Any, scores: Any, labels: Any, num_detections: Any) -> list[dict[str, torch.Tensor]]:
     """Padded export outputs (tensors or numpy) -> the detector interface: one dict per image."""
     boxes, scores = torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32)
@@ -203,19 +234,25 @@ def export_onnx(
     import onnx
 
     if isinstance(model, FasterRCNNDetector):
-        raise NotImplementedError(
-            "ONNX export of the Faster R-CNN baseline is not supported: torchvision's FasterRCNN exports "
-            "only through its own resizing transform with batch-1 inputs and data-dependent RoI shapes, "
-            "which do not give the fixed-shape, parity-checked graph this exporter guarantees; export a "
-            "RetinaNet instead"
-        )
-    if not isinstance(model, RetinaNet):
-        raise TypeError(f"can export a focaldet RetinaNet, got {type(model).__name__}")
+        if dynamic_batch:
+            raise ValueError(
+                "--dynamic-batch is not supported for the Faster R-CNN baseline: torchvision's RPN and RoI "
+                "heads loop over the images of the traced batch, so its batch size is fixed at export "
+                "(use --batch N for another fixed size)"
+            )
+        wrapper: nn.Module = FasterRCNNExport(model, size).eval()
+        kind = "faster_rcnn"
+    elif isinstance(model, RetinaNet):
+        wrapper = RetinaNetExport(model, size).eval()
+        kind = "retinanet"
+    else:
+        raise TypeError(f"can export a focaldet RetinaNet or Faster R-CNN, got {type(model).__name__}")
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
     if opset < 11:
         raise ValueError(f"NonMaxSuppression needs opset >= 11, got {opset}")
-    wrapper = RetinaNetExport(model, size).eval()
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
     device = model.normalizer.device
     example = torch.zeros(batch_size, 3, size, size, dtype=torch.uint8, device=device)
     out_path = Path(out_path)
@@ -245,7 +282,7 @@ def export_onnx(
         "focaldet.score_thresh": repr(float(model.score_thresh)),
         "focaldet.nms_thresh": repr(float(model.nms_thresh)),
         "focaldet.detections_per_img": str(wrapper.max_detections),
-        "focaldet.model": "retinanet",
+        "focaldet.model": kind,
         "focaldet.config": config_yaml,
     }
     set_metadata(proto, metadata)
@@ -383,5 +420,6 @@ def verify_export(
     if images is None:
         images = synthetic_images(detector.size, batch=1)
     device = next(model.parameters()).device
-    expected = model.eval()(images.to(device))
+    with torch.no_grad():
+        expected = model.eval()(images.to(device))
     return compare_detections(expected, detector(images), score_thresh=float(model.score_thresh))

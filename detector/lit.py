@@ -283,6 +283,24 @@ class DetectorModule(L.LightningModule):
         self.log("val/map50_07", metrics["map50_07"], sync_dist=False)
 
     # -- optimization --------------------------------------------------------------------------------------
+    def _total_steps(self) -> int:
+        """min(max_steps, epochs x batches per epoch), from the train loader's length without iterating it.
+
+        Lightning's `estimated_stepping_batches` would start the train loader before a resumed run restores
+        the loader's position, so the resumed epoch would start over.
+        """
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or getattr(datamodule, "train_dataset", None) is None:
+            return int(trainer.estimated_stepping_batches)
+        per_epoch = len(datamodule.train_dataloader())
+        total = per_epoch * trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
+        if trainer.max_steps not in (None, -1):
+            total = min(total, trainer.max_steps)
+        if math.isinf(total):
+            raise ConfigError("train.epochs and train.max_steps are both unbounded: set one of them")
+        return int(total)
+
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.cfg.train
         groups = build_param_groups(self.model, t.weight_decay)
@@ -290,7 +308,7 @@ class DetectorModule(L.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
         else:
             optimizer = torch.optim.AdamW(groups, lr=t.lr)
-        total = int(self.trainer.estimated_stepping_batches)  # min(max_steps, epochs x batches per epoch)
+        total = self._total_steps()
         schedule = WarmupSchedule(
             total,
             t.warmup_steps,
@@ -305,15 +323,24 @@ class DetectorModule(L.LightningModule):
 
     # -- checkpoint extras ---------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The torch generators too: Faster R-CNN samples its proposals with them, so a resumed run needs
+        # the state an uninterrupted run has at this step (data order and augmentation are seeded apart).
         checkpoint["focaldet"] = {
             "nonfinite_in_row": self.nonfinite_in_row,
             "nonfinite_total": self.nonfinite_total,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("focaldet", {})
         self.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        cuda_states = state.get("cuda_rng", [])
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -145,20 +145,71 @@ class _SameImage(torch.utils.data.Dataset):
         return self.transforms(self.image, target)
 
 
-@pytest.mark.parametrize("reseed", [True, False])
-def test_workers_do_not_repeat_each_others_augmentations(reseed):
-    from detector.data.datamodule import seed_worker_transforms
+def _same_image_loader(workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
+    from detector.data.datamodule import EpochSeededSampler, SeededAugmentation
     from detector.data.transforms import build_train_transforms
 
-    dataset = _SameImage(build_train_transforms(_cfg("unused", color_jitter=True), seed=0))
-    loader = torch.utils.data.DataLoader(
-        dataset,
+    dataset = _SameImage(build_train_transforms(_cfg("unused", color_jitter=True), seed=seed))
+    return torch.utils.data.DataLoader(
+        SeededAugmentation(dataset, seed),
+        sampler=EpochSeededSampler(dataset, seed),
         batch_size=1,
-        num_workers=2,
+        num_workers=workers,
         collate_fn=collate_detection,
-        worker_init_fn=seed_worker_transforms if reseed else None,
-        generator=torch.Generator().manual_seed(0),
     )
-    images = [images[0] for images, _ in loader]  # items 0, 2 from worker 0; 1, 3 from worker 1
-    # Without reseeding, both forked workers start from the same generator state and repeat each other.
-    assert torch.equal(images[0], images[1]) is (not reseed)
+
+
+def _epoch(loader, epoch: int) -> list[tuple[str, torch.Tensor]]:
+    loader.sampler.set_epoch(epoch)
+    return [(targets[0]["image_id"], images[0]) for images, targets in loader]
+
+
+def test_augmentation_depends_on_seed_epoch_and_item_not_on_workers():
+    one, two = _same_image_loader(workers=0), _same_image_loader(workers=2)
+    for epoch in (0, 1):
+        a, b = _epoch(one, epoch), _epoch(two, epoch)
+        assert [i for i, _ in a] == [i for i, _ in b]  # the same order ...
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))  # ... and the same pixels
+        # Four copies of one image: only the augmentation tells them apart, and no two items repeat.
+        assert len({im.numpy().tobytes() for _, im in a}) == 4
+    e0, e1 = dict(_epoch(one, 0)), dict(_epoch(one, 1))
+    assert [i for i, _ in _epoch(one, 0)] != [i for i, _ in _epoch(one, 1)]  # a new order each epoch
+    assert not any(torch.equal(e0[k], e1[k]) for k in e0)  # and a new augmentation of each item
+    other_seed = dict(_epoch(_same_image_loader(workers=0, seed=1), 0))
+    assert not any(torch.equal(e0[k], other_seed[k]) for k in e0)
+
+
+def test_train_loader_resumes_mid_epoch_with_the_batches_an_uninterrupted_run_sees(voc_root):
+    from detector.data.datamodule import ResumableLoader
+
+    def loader(done: int) -> ResumableLoader:
+        dm = VOCDataModule(_cfg(str(voc_root), batch_size=2, color_jitter=True), seed=3)
+        dm.setup("fit")
+        out = dm.train_dataloader()
+        out._batches_done = lambda: done  # stands in for Lightning's progress counter
+        return out
+
+    def ids_and_pixels(batches):
+        return [([t["image_id"] for t in ts], images) for images, ts in batches]
+
+    straight = loader(0)
+    assert isinstance(straight, ResumableLoader) and len(straight) == 2  # 5 images, batch 2, drop_last
+    epochs = []
+    for epoch in range(3):
+        straight.sampler.set_epoch(epoch)
+        epochs.append(ids_and_pixels(straight))
+    # A checkpoint after the first batch of epoch 1 ...
+    state = loader(1).state_dict()
+    state["epoch"] = 1
+    resumed = loader(0)
+    resumed.load_state_dict(state)
+    after = ids_and_pixels(resumed)  # ... continues with the second batch of epoch 1
+    resumed.sampler.set_epoch(2)
+    after += ids_and_pixels(resumed)
+    expected = epochs[1][1:] + epochs[2]
+    assert [ids for ids, _ in after] == [ids for ids, _ in expected]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(after, expected, strict=True))
+    # A checkpoint at the end of epoch 0 resumes at the start of epoch 1.
+    at_end = loader(0)
+    at_end.load_state_dict({"epoch": 0, "batches_done": 2})
+    assert [ids for ids, _ in ids_and_pixels(at_end)] == [ids for ids, _ in epochs[1]]

@@ -260,21 +260,70 @@ def test_eval_tool_onnx_backend_gives_the_torch_backend_metrics(setup, weights_f
     assert tool.main(["--backend", "onnx", "--model", str(setup[3]), "data.size=320", *args[2:]]) == 2
 
 
-def test_tool_refuses_faster_rcnn_clearly(tmp_path, capsys) -> None:
+def _op_types(graph) -> set[str]:
+    """Op types of a graph and its subgraphs (torchvision's batched NMS sits inside an `If` branch)."""
+    found = set()
+    for node in graph.node:
+        found.add(node.op_type)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                found |= _op_types(sub)
+    return found
+
+
+def _faster_rcnn(num_classes: int):
+    torch.manual_seed(0)
+    overrides = ["model.backbone.pretrained=false", "model.fpn.channels=64", "model.detections_per_img=40"]
+    cfg = load_config(REPO / "configs" / "faster_rcnn_mbv2_trees.yaml", overrides + [f"data.size={SIZE}"])
+    model = build_model(cfg.model, num_classes).eval()
+    # Spread the box head's outputs: at initialisation every RoI scores about 1 / (C + 1), and the top-D cut
+    # through a block of tied scores would be arbitrary in PyTorch and onnxruntime alike.
+    predictor = model.detector.roi_heads.box_predictor
+    with torch.no_grad():
+        torch.nn.init.normal_(predictor.cls_score.weight, std=20.0)
+        torch.nn.init.normal_(predictor.bbox_pred.weight, std=0.05)
+    return model, cfg
+
+
+@pytest.mark.slow
+def test_faster_rcnn_exports_with_a_fixed_batch_and_matches_pytorch_on_real_images(tmp_path) -> None:
+    model, cfg = _faster_rcnn(len(CLASSES))
+    batch, _ = letterbox_batch(real_images()[:2], SIZE)
+    path = export_onnx(model, tmp_path / "frcnn.onnx", SIZE, CLASSES, to_yaml(cfg), batch_size=2)
+    proto = onnx.load(str(path))
+    assert {"NonMaxSuppression", "RoiAlign"} <= _op_types(proto.graph)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["focaldet.model"] == "faster_rcnn" and json.loads(meta["focaldet.class_names"]) == CLASSES
+    detector = OnnxDetector(path)
+    assert detector.fixed_batch == 2 and detector.size == SIZE
+    with torch.no_grad():
+        expected = model(batch)
+    actual = detector(batch)
+    stats = compare_detections(expected, actual, score_thresh=model.score_thresh)
+    assert stats["detections"] == sum(len(e["scores"]) for e in expected) > 0
+    assert all(len(a["scores"]) <= 40 for a in actual)
+    with pytest.raises(ValueError, match="dynamic-batch"):
+        export_onnx(model, tmp_path / "dynamic.onnx", SIZE, CLASSES, dynamic_batch=True)
+    assert not (tmp_path / "dynamic.onnx").exists()
+
+
+@pytest.mark.slow
+def test_tool_exports_and_verifies_the_faster_rcnn_baseline(tmp_path, capsys) -> None:
     from detector.weights import save_weights
 
-    cfg = load_config(REPO / "configs" / "faster_rcnn_mbv2_trees.yaml", ["model.backbone.pretrained=false"])
-    model = build_model(cfg.model, 1)
+    model, cfg = _faster_rcnn(1)
     weights = save_weights(
         tmp_path / "frcnn.safetensors",
         model.state_dict(),
         {"format": "focaldet", "config": to_yaml(cfg), "class_names": json.dumps(["tree"])},
     )
     tool = _load_tool("export_onnx")
-    assert tool.main(["--weights", str(weights), "--out", str(tmp_path / "x.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert "Faster R-CNN" in err and "not supported" in err
-    assert not (tmp_path / "x.onnx").exists()
+    out = tmp_path / "x.onnx"
+    assert tool.main(["--weights", str(weights), "--out", str(out), "--dynamic-batch"]) == 2
+    assert "dynamic-batch" in capsys.readouterr().err and not out.exists()
+    assert tool.main(["--weights", str(weights), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "exported faster_rcnn" in printed and "match" in printed and out.is_file()
 
 
 def test_missing_onnx_says_what_to_install(monkeypatch, tmp_path, capsys) -> None:

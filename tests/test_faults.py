@@ -141,20 +141,22 @@ STEPS = 24
 
 
 def _run_overrides(data: Path, out: Path, name: str) -> list[str]:
-    """One training image per epoch, no random augmentation, a checkpoint at every epoch end.
+    """Two training images at batch 1, shuffled and augmented; a checkpoint every 3 steps, so mid-epoch.
 
-    Resume restores the model, optimizer, LR schedule, counters and history, but not the data loader's
-    shuffling generator or the augmentation RNG (seeded once per process by the data module); with one batch
-    per epoch and no random augmentation a resumed run sees exactly the batches an uninterrupted run sees.
+    Resume restores the model, optimizer, LR schedule, counters, history, the torch generators and the train
+    loader's position; the order and augmentation of each epoch are fixed by the seed, so a resumed run sees
+    exactly the batches an uninterrupted run sees.
     """
     return tiny_overrides(data, out, name) + [
-        "data.hflip=false",
-        "data.color_jitter=false",
-        "data.vflip=false",  # tools/train.py starts from configs/retinanet_mbv2_trees.yaml, which flips
-        f"train.epochs={STEPS}",
+        "data.batch_size=1",
+        "data.hflip=true",
+        "data.vflip=true",
+        "data.color_jitter=true",
+        "data.scale_jitter=0.2",
+        f"train.epochs={STEPS // 2}",
         "train.max_steps=null",
         "train.val_every_n_epochs=1000",  # validate once, at the end (ValidateAtEnd)
-        "train.checkpoint_every_n_steps=1",  # = batches per epoch: every checkpoint is on an epoch end
+        "train.checkpoint_every_n_steps=3",  # 2 batches per epoch: mid-epoch and epoch-end checkpoints
         "train.warmup_steps=3",
         "output.export=last",
     ]
@@ -203,7 +205,7 @@ def test_kill_9_mid_training_then_resume_ends_with_the_uninterrupted_weights(tmp
     from conftest import write_tiny_voc
 
     data = tmp_path / "voc"
-    write_tiny_voc(data, n_images=1, image_size=(64, 80), split="train", seed=0)
+    write_tiny_voc(data, n_images=2, image_size=(64, 80), split="train", seed=0)
     write_tiny_voc(data, n_images=1, image_size=(64, 80), split="val", seed=1)
     out = tmp_path / "out"
     env = _env()

@@ -159,6 +159,53 @@ def test_resume_continues_at_the_saved_step_with_the_saved_optimizer_state(data,
     assert resumed.history["step"] == [1, 2, 3, 4]  # the curves continue across the resume
 
 
+class _Killed(RuntimeError):
+    """Stands in for a crash right after a periodic checkpoint was written."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["retinanet", "faster_rcnn"])
+def test_resume_mid_epoch_with_shuffling_and_augmentation_ends_with_the_uninterrupted_weights(
+    data, tmp_path, model
+):
+    import lightning as L
+
+    from detector.weights import load_weights
+
+    # 4 images at batch 1: 4 batches per epoch; the checkpoint at step 3 is in the middle of epoch 0.
+    recipe = [
+        "data.batch_size=1",
+        "data.hflip=true",
+        "data.vflip=true",
+        "data.color_jitter=true",
+        "data.scale_jitter=0.2",
+        "train.epochs=2",
+        "train.max_steps=null",
+        "train.val_every_n_epochs=1000",
+        "train.checkpoint_every_n_steps=3",
+        "output.export=last",
+    ]
+
+    class CrashAfterStep3(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 3:
+                raise _Killed("crash after the step-3 checkpoint")
+
+    crashed = tiny_config(data, tmp_path, *recipe, name="crashed", model=model)
+    with pytest.raises(_Killed):
+        fit(crashed, callbacks=[CrashAfterStep3()])
+    ckpt = Path(crashed.output.dir) / "crashed" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint_file(ckpt)["global_step"] == 3
+    resumed = fit(crashed, resume=ckpt)
+    straight = fit(tiny_config(data, tmp_path, *recipe, name="straight", model=model))
+    assert resumed.steps == straight.steps == 8
+
+    after, _ = load_weights(resumed.weights)
+    expected, _ = load_weights(straight.weights)
+    differ = [k for k in expected if not torch.equal(after[k], expected[k])]
+    assert differ == [], f"{len(differ)} tensors differ after the resume, e.g. {differ[:3]}"
+
+
 @pytest.mark.slow
 def test_a_non_finite_loss_skips_the_step_and_training_goes_on(data, tmp_path, monkeypatch):
     import lightning as L

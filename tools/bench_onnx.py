@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OnnxNotInstalledError, FileNotFoundError, ValueError) as err:
         return fail(err)
     if cfg.model.name != "retinanet":
-        return fail(NotImplementedError("only the RetinaNet exports to ONNX"))
+        return fail(NotImplementedError("the ONNX benchmark times the RetinaNet (a dynamic-batch export)"))
     torch.set_num_threads(args.threads)
     size = args.size or cfg.data.size
     images, image_source = bench_images(size, max(args.batch))

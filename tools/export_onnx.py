@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Export trained weights to ONNX: `tools/export_onnx.py --weights W [--size S] [--out model.onnx]
-[--dynamic-batch] [--opset N]`.
+[--dynamic-batch | --batch N] [--opset N]`.
 
 The graph takes uint8 images [B, 3, S, S] (letterboxed RGB) and holds normalization, the network, box
 decoding, the score threshold, per-class NMS (ONNX NonMaxSuppression) and the top detections, so a client
-needs only onnxruntime. Outputs: boxes [B, D, 4] (xyxy in the S x S frame), scores [B, D] (descending),
-labels [B, D] (1..C) and num_detections [B]; rows past num_detections are padding with score 0. Class names,
-input size and the config are in the model's metadata. The export is checked with onnx.checker and, unless
---no-verify, run with onnxruntime on a test pattern against PyTorch. Needs `pip install 'focaldet[onnx]'`.
+needs only onnxruntime. Both detectors export; the Faster R-CNN baseline only with a fixed batch
+(torchvision's RPN and RoI heads loop over the traced batch's images). Outputs: boxes [B, D, 4] (xyxy in the
+S x S frame), scores [B, D] (descending), labels [B, D] (1..C) and num_detections [B]; rows past
+num_detections are padding with score 0. Class names, input size and the config are in the model's
+metadata. The export is checked with onnx.checker and, unless --no-verify, run with onnxruntime on a test
+pattern against PyTorch. Needs `pip install 'focaldet[onnx]'`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", required=True, help="safetensors file written by tools/train.py")
     parser.add_argument("--size", type=int, help="input size S (default: data.size of the weights' config)")
     parser.add_argument("--out", default="model.onnx", help="output file (default model.onnx)")
-    parser.add_argument("--dynamic-batch", action="store_true", help="batch dimension dynamic (default: 1)")
+    parser.add_argument(
+        "--dynamic-batch", action="store_true", help="dynamic batch dimension (RetinaNet only)"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default 1)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 11; default 17)")
     parser.add_argument(
         "--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check after export"
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             config_yaml=to_yaml(cfg),
             dynamic_batch=args.dynamic_batch,
             opset=args.opset,
+            batch_size=args.batch,
         )
         report = None if args.no_verify else verify_export(model, out)
     except (OnnxNotInstalledError, NotImplementedError, FileNotFoundError, WeightsError, ValueError) as err:

@@ -1,24 +1,35 @@
 """LightningDataModule for VOC-layout data: one or several year folders, letterboxed batches of uint8 images.
 
 Every batch has one fixed input size (the letterbox square), so the model builds its anchors once per size.
-Augmentation randomness is seeded: the loader's generator fixes the shuffling and each worker reseeds the
-transforms from its own torch seed, so workers never repeat each other and a run is reproducible.
+Training order and augmentation are functions of (seed, epoch, index) alone: the sampler shuffles with a
+generator seeded by (seed, epoch), and each item's augmentation is reseeded from (seed, epoch, index) before it
+is loaded. So no two items or workers repeat each other, the worker count does not change what is drawn, and
+the train loader is resumable: Lightning saves its position in each checkpoint, and a run resumed mid-epoch
+sees exactly the batches an uninterrupted run sees.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_worker_info
+import torch.distributed as dist
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
 
 from detector.data.transforms import build_eval_transforms, build_train_transforms
 from detector.data.voc import concat_voc
 
-__all__ = ["VOCDataModule", "collate_detection", "seed_worker_transforms"]
+__all__ = [
+    "EpochSeededSampler",
+    "ResumableLoader",
+    "SeededAugmentation",
+    "VOCDataModule",
+    "collate_detection",
+]
 
 
 def collate_detection(
@@ -59,11 +70,72 @@ def _reseed_transforms(dataset: Dataset, seed: int) -> None:
             transforms.reseed(seed)
 
 
-def seed_worker_transforms(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: reseed the augmentations from the worker's own (distinct) torch seed."""
-    info = get_worker_info()
-    if info is not None:
-        _reseed_transforms(info.dataset, info.seed % 2**63)
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one item of one epoch, well mixed (SeedSequence), so nearby keys are unrelated."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class SeededAugmentation(Dataset):
+    """Wraps a training dataset: takes `(epoch, index)` keys and reseeds the augmentations from
+    (seed, epoch, index) before loading item `index`, so what an item looks like depends on neither the worker
+    that loads it nor what was loaded before."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int] | int) -> Any:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        _reseed_transforms(self.dataset, item_seed(self.seed, epoch, index))
+        return self.dataset[index]
+
+
+class EpochSeededSampler(DistributedSampler):
+    """Shuffles with a generator seeded by seed + epoch (Lightning calls `set_epoch` every epoch) and yields
+    `(epoch, index)` keys for SeededAugmentation. Under DDP each rank takes its own share; being a
+    DistributedSampler, Lightning keeps it instead of wrapping it. `resume` skips the items a checkpointed run
+    had already trained on in its last epoch."""
+
+    def __init__(self, dataset: Dataset, seed: int, shuffle: bool = True) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        replicas = dist.get_world_size() if distributed else 1
+        rank = dist.get_rank() if distributed else 0
+        super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=int(seed))
+        self._skip = 0
+
+    def resume(self, epoch: int, skip_items: int) -> None:
+        """Start the next pass at `epoch`, after its first `skip_items` items (those already trained on)."""
+        self.set_epoch(int(epoch))
+        self._skip = int(skip_items)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        skip, self._skip = self._skip, 0
+        epoch = self.epoch
+        for position, index in enumerate(super().__iter__()):
+            if position >= skip:
+                yield epoch, index
+
+
+class ResumableLoader(DataLoader):
+    """The train loader, stateful in Lightning's sense: each checkpoint stores its position (epoch, batches
+    already trained on in that epoch) and Lightning restores it before iterating, so a run resumed from a
+    mid-epoch checkpoint continues with the next batch instead of starting the epoch over."""
+
+    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches_done": int(self._batches_done())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= len(self):  # saved at the end of an epoch: the next one starts from its first batch
+            epoch, done = epoch + 1, 0
+        self.sampler.resume(epoch, done * int(self.batch_size))
 
 
 class VOCDataModule(L.LightningDataModule):
@@ -105,26 +177,40 @@ class VOCDataModule(L.LightningDataModule):
         if stage in (None, "test", "predict") and self.test_dataset is None:
             self.test_dataset = self._dataset(self.cfg.test_split, train=False)
 
+    def _loader_options(self) -> dict[str, Any]:
+        workers = int(self.cfg.workers)
+        return {
+            "batch_size": int(self.cfg.batch_size),
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+            "collate_fn": collate_detection,
+            "pin_memory": torch.cuda.is_available(),
+        }
+
     def _loader(self, dataset: Dataset | None, train: bool, what: str) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"VOCDataModule.{what}_dataloader() called before setup()")
-        workers = int(self.cfg.workers)
-        batch_size = int(self.cfg.batch_size)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            collate_fn=collate_detection,
-            worker_init_fn=seed_worker_transforms if workers > 0 else None,
-            generator=torch.Generator().manual_seed(self.seed),
-            pin_memory=torch.cuda.is_available(),
-        )
+        return DataLoader(dataset, shuffle=False, **self._loader_options())
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch already trained on (Lightning's count; 0 outside a fit)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, train=True, what="train")
+        if self.train_dataset is None:
+            raise RuntimeError("VOCDataModule.train_dataloader() called before setup()")
+        options = self._loader_options()
+        return ResumableLoader(
+            SeededAugmentation(self.train_dataset, self.seed),
+            sampler=EpochSeededSampler(self.train_dataset, self.seed),
+            drop_last=len(self.train_dataset) > options["batch_size"],
+            generator=torch.Generator().manual_seed(self.seed),  # worker base seeds (unused by the data)
+            batches_done=self._batches_done,
+            **options,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, train=False, what="val")

@@ -77,7 +77,7 @@ class DetectionTransform:
             self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        """Reseed every random choice (once per DataLoader worker, so workers do not repeat each other)."""
+        """Reseed every random choice (before each training item, from its (seed, epoch, index): see datamodule)."""
         self.rng = np.random.default_rng(seed)
         if hasattr(self.resize, "set_random_state"):  # albumentations >= 2.0 keeps its own generators
             # One generator shared by all steps. Compose.set_random_seed would give every step its own

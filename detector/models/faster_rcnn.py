@@ -91,6 +91,19 @@ class FasterRCNNDetector(nn.Module):
         self.detector.transform = PassThroughTransform()
         self.normalizer = ImageNormalizer()
 
+    @property
+    def score_thresh(self) -> float:
+        """Box-head score threshold (the RetinaNet interface's name for it)."""
+        return float(self.detector.roi_heads.score_thresh)
+
+    @property
+    def nms_thresh(self) -> float:
+        return float(self.detector.roi_heads.nms_thresh)
+
+    @property
+    def detections_per_img(self) -> int:
+        return int(self.detector.roi_heads.detections_per_img)
+
     def forward(
         self, images: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
