@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torchvision.ops import nms
 
+from detector.data.transforms import check_letterbox_size
 from detector.models.faster_rcnn import FasterRCNNDetector
 from detector.models.retinanet import RetinaNet
 
@@ -113,10 +114,8 @@ class RetinaNetExport(nn.Module):
 
     def __init__(self, model: RetinaNet, size: int) -> None:
         super().__init__()
-        if size <= 0 or size % 32:
-            raise ValueError(f"export size must be a positive multiple of 32, got {size}")
+        self.size = check_letterbox_size(int(size))
         self.model = model.eval()
-        self.size = int(size)
         with torch.no_grad():
             probe = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=model.normalizer.device)
             feats = model.fpn(model.backbone(model.normalize(probe)))
@@ -187,10 +186,8 @@ class FasterRCNNExport(nn.Module):
 
     def __init__(self, model: FasterRCNNDetector, size: int) -> None:
         super().__init__()
-        if size <= 0 or size % 32:
-            raise ValueError(f"export size must be a positive multiple of 32, got {size}")
+        self.size = check_letterbox_size(int(size))
         self.model = model.eval()
-        self.size = int(size)
         self.max_detections = model.detections_per_img
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ __all__ = [
     "boxes_to_original",
     "build_eval_transforms",
     "build_train_transforms",
+    "check_letterbox_size",
 ]
 
 PAD_FILL = (124, 116, 104)  # ImageNet mean in uint8 RGB
@@ -54,7 +55,8 @@ def _pad_if_needed(size: int) -> A.PadIfNeeded:
     return A.PadIfNeeded(**kwargs)
 
 
-def _check_size(size: int) -> int:
+def check_letterbox_size(size: int) -> int:
+    """`size` if it is a positive int multiple of 32 (the FPN's largest stride), else a ValueError."""
     if not isinstance(size, int) or size <= 0 or size % 32:
         raise ValueError(f"letterbox size must be a positive multiple of 32, got {size!r}")
     return size
@@ -69,7 +71,7 @@ class DetectionTransform:
     """
 
     def __init__(self, size: int, resize: A.Compose, seed: int | None = None) -> None:
-        self.size = _check_size(size)
+        self.size = check_letterbox_size(size)
         self.resize = resize
         self.pad = A.Compose([_pad_if_needed(size)], bbox_params=_bbox_params())
         self.rng = np.random.default_rng(seed)
@@ -211,7 +213,7 @@ def _jitter_sizes(size: int, jitter: float) -> list[int]:
 
 def build_train_transforms(data_cfg: Any, seed: int | None = None) -> DetectionTransform:
     """Train pipeline from a DataConfig: letterbox to `size`, flips, colour jitter, optional scale jitter."""
-    size = _check_size(int(data_cfg.size))
+    size = check_letterbox_size(int(data_cfg.size))
     sizes = _jitter_sizes(size, float(getattr(data_cfg, "scale_jitter", 0.0)))
     steps: list[A.BasicTransform] = [A.LongestMaxSize(max_size=sizes if len(sizes) > 1 else size)]
     if getattr(data_cfg, "hflip", True):
@@ -225,7 +227,7 @@ def build_train_transforms(data_cfg: Any, seed: int | None = None) -> DetectionT
 
 def build_eval_transforms(size: int) -> DetectionTransform:
     """Eval pipeline: letterbox only (deterministic)."""
-    size = _check_size(int(size))
+    size = check_letterbox_size(int(size))
     return DetectionTransform(size, A.Compose([A.LongestMaxSize(max_size=size)], bbox_params=_bbox_params()))
 
 
