@@ -193,13 +193,15 @@ class FasterRCNNExport(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 images [B, 3, S, S] -> boxes [B, D, 4], scores [B, D], labels [B, D], num_detections [B]."""
         limit = self.max_detections
-        boxes, scores, labels = [], [], []
-        for det in self.model(images):
-            boxes.append(torch.cat((det["boxes"], det["boxes"].new_zeros(limit, 4)))[:limit])
-            scores.append(torch.cat((det["scores"], det["scores"].new_zeros(limit)))[:limit])
-            labels.append(torch.cat((det["labels"], det["labels"].new_zeros(limit)))[:limit])
-        out_scores = torch.stack(scores)
-        return torch.stack(boxes), out_scores, torch.stack(labels), (out_scores > 0).sum(dim=1)
+
+        def pad(rows: torch.Tensor) -> torch.Tensor:  # append zero rows, keep the first D
+            return torch.cat((rows, rows.new_zeros((limit, *rows.shape[1:]))))[:limit]
+
+        detections = self.model(images)
+        boxes, scores, labels = (
+            torch.stack([pad(d[key]) for d in detections]) for key in ("boxes", "scores", "labels")
+        )
+        return boxes, scores, labels, (scores > 0).sum(dim=1)
 
 
 def unpad(boxes: Any, scores: Any, labels: Any, num_detections: Any) -> list[dict[str, torch.Tensor]]:

@@ -187,10 +187,14 @@ class VOCDataModule(L.LightningDataModule):
             "pin_memory": torch.cuda.is_available(),
         }
 
-    def _loader(self, dataset: Dataset | None, train: bool, what: str) -> DataLoader:
+    @staticmethod
+    def _set_up(dataset: Dataset | None, what: str) -> Dataset:
         if dataset is None:
             raise RuntimeError(f"VOCDataModule.{what}_dataloader() called before setup()")
-        return DataLoader(dataset, shuffle=False, **self._loader_options())
+        return dataset
+
+    def _eval_loader(self, dataset: Dataset | None, what: str) -> DataLoader:
+        return DataLoader(self._set_up(dataset, what), shuffle=False, **self._loader_options())
 
     def _batches_done(self) -> int:
         """Batches of the current epoch already trained on (Lightning's count; 0 outside a fit)."""
@@ -200,23 +204,23 @@ class VOCDataModule(L.LightningDataModule):
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            raise RuntimeError("VOCDataModule.train_dataloader() called before setup()")
+        dataset = self._set_up(self.train_dataset, "train")
         options = self._loader_options()
         return ResumableLoader(
-            SeededAugmentation(self.train_dataset, self.seed),
-            sampler=EpochSeededSampler(self.train_dataset, self.seed),
-            drop_last=len(self.train_dataset) > options["batch_size"],
-            generator=torch.Generator().manual_seed(self.seed),  # worker base seeds (unused by the data)
+            SeededAugmentation(dataset, self.seed),
+            sampler=EpochSeededSampler(dataset, self.seed),
+            drop_last=len(dataset) > options["batch_size"],
+            # Worker base seeds come from this generator, not the global one, whose state a resume restores.
+            generator=torch.Generator().manual_seed(self.seed),
             batches_done=self._batches_done,
             **options,
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, train=False, what="val")
+        return self._eval_loader(self.val_dataset, "val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, train=False, what="test")
+        return self._eval_loader(self.test_dataset, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, train=False, what="predict")
+        return self._eval_loader(self.test_dataset, "predict")
