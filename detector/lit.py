@@ -603,6 +603,8 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
             {
                 "step": str(best_step if use_best else trainer.global_step),
                 "val_map": "" if not use_best or best_map is None else f"{best_map:.6f}",
+                "global_step": str(trainer.global_step),  # steps trained (a study reuses finished runs)
+                "train_seconds": repr(seconds),  # exact float
             },
         )
         history_json = run_dir / "history.json"

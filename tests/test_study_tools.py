@@ -327,7 +327,7 @@ def test_compare_rejects_unknown_detectors_and_bad_sizes(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path):
+def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "docs"
     argv = [
         "--ce-alphas",
@@ -362,6 +362,30 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path):
     run_dirs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
     assert run_dirs == ["fl_g2_a0.25_s0", "fl_g2_a0.25_s1", "ohem_b32_s0", "ohem_b32_s1"]
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+
+    # --reuse: the same command with one more seed trains only that seed and reads the others back
+    import detector.lit
+
+    real_fit, fitted = detector.lit.fit, []
+    monkeypatch.setattr(detector.lit, "fit", lambda cfg: fitted.append(cfg.output.name) or real_fit(cfg))
+    seeds_at = argv.index("--seeds")
+    again = [*argv[: seeds_at + 3], "2", *argv[seeds_at + 3 :], "--reuse"]
+    assert load_tool("ablate_loss").main(again) == 0
+    assert fitted == ["fl_g2_a0.25_s2", "ohem_b32_s2"]
+    reused = json.loads((out / "ablation.json").read_text())["results"]
+    for before, after in zip(report["results"], reused, strict=True):
+        assert after["seeds"][:2] == before["seeds"]  # same weights, same evaluation, same steps and time
+        assert after["seeds"][2]["seed"] == 2
+    # a file trained with another config is not taken for this one's
+    (fl,) = [v for v in study.loss_grid([], [2.0], [0.25], [], []) if v.name == "fl_g2_a0.25"]
+    trees = str(REPO / "configs" / "retinanet_mbv2_trees.yaml")
+    variant = study.Variant(fl.name, fl.name, trees, fl.overrides)
+    common = argv[argv.index("--work-dir") + 2 :]
+    cfg = study.study_config(variant, common, tmp_path / "work", seed=0, tag="s0")
+    assert study.finished_run(fl.name, cfg).steps == report["results"][0]["seeds"][0]["steps"]
+    cfg.train.lr *= 2
+    assert study.finished_run(fl.name, cfg) is None
+    assert "trained with another config" in capsys.readouterr().out
 
 
 def test_ablate_loss_rejects_bad_grids(tmp_path, capsys):
@@ -410,7 +434,7 @@ def test_every_tool_states_its_budget_in_help(capsys):
 def test_ablate_loss_reports_a_diverged_run_instead_of_crashing(tmp_path, monkeypatch):
     from detector.lit import NonFiniteLossError
 
-    def diverge(name, cfg):
+    def diverge(name, cfg, reuse=False):
         raise NonFiniteLossError(f"{name}: non-finite loss for 5 steps in a row")
 
     monkeypatch.setattr(study, "train_variant", diverge)

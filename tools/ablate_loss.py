@@ -16,7 +16,8 @@ ablation.json and ablation.png into --out; runs and weights go to --work-dir.
 Budget: the default grid is 18 variants; at the config's 300 steps (batch 4, 416 px, trees) each run is
 about 15 min on a 2-core CPU (the demo's recipe, estimated), so one seed is about 4.5 h. Cut it with
 `train.max_steps=N`, a smaller grid (`--gammas 2 --focal-alphas 0.25 --ce-alphas 0.75 --ohem-budgets`),
-`--only NAME ...`, or run it on a GPU.
+`--only NAME ...`, or run it on a GPU. With `--reuse`, runs that already finished in --work-dir are
+evaluated instead of trained again: stop the grid any time and rerun the same command (more --seeds too).
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for ablation.{md,json,png}")
     parser.add_argument(
         "--work-dir", default=str(ROOT / "runs" / "ablation"), help="runs and weights go here"
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="load runs that already finished in --work-dir with exactly this config instead of "
+        "training them again (continue an interrupted study, add seeds to it)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args(argv)
@@ -95,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = study.study_config(variant, args.overrides, args.work_dir, seed=seed, tag=f"s{seed}")
             print(f"== {lv.name} seed {seed}", flush=True)
             try:
-                trained = study.train_variant(lv.name, cfg)
+                trained = study.train_variant(lv.name, cfg, reuse=args.reuse)
             except NonFiniteLossError as err:  # a diverging loss is a result of the ablation, not a crash
                 print(f"   diverged: {err}", flush=True)
                 per_seed.append(

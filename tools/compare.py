@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for compare.{md,json} and the PNG")
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "compare"), help="runs and weights go here")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="load runs that already finished in --work-dir with exactly this config instead of "
+        "training them again (continue an interrupted study, add seeds to it)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every detector")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -135,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             trained = study.load_variant(variant.name, given[variant.name])
             trained.cfg.data = cfg.data  # evaluate on the study's data, whatever the weights were trained on
         else:
-            trained = study.train_variant(variant.name, cfg)
+            trained = study.train_variant(variant.name, cfg, reuse=args.reuse)
         size = int(cfg.data.size)
         images, targets = study.first_train_batch(cfg)
         row = {
