@@ -14,7 +14,7 @@ as mean, sample std and min-max over the seeds, and the best alpha for each gamm
 ablation.json and ablation.png into --out; runs and weights go to --work-dir.
 
 Budget: the default grid is 18 variants; at the config's 300 steps (batch 4, 416 px, trees) each run is
-about 15 min on a 2-core CPU (the demo's recipe, estimated), so one seed is about 4.5 h. Cut it with
+about 11 min on a 2-core CPU (the demo's recipe, measured), so one seed is about 3.3 h. Cut it with
 `train.max_steps=N`, a smaller grid (`--gammas 2 --focal-alphas 0.25 --ce-alphas 0.75 --ohem-budgets`),
 `--only NAME ...`, or run it on a GPU. With `--reuse`, runs that already finished in --work-dir are
 evaluated instead of trained again: stop the grid any time and rerun the same command (more --seeds too).

@@ -14,10 +14,11 @@ and 11-point AP, COCO AP/AP50/AP75 on the test split. Plot: VOC AP against end-t
 compare_speed_accuracy.png into --out; runs and weights go to --work-dir.
 
 Budget: the defaults train 4 detectors for the configs' 300 steps (batch 4, 416 px) on the tree tiles
-(data/trees, `python tools/prepare_trees.py`). Estimated on a 2-core CPU: ~15 min for the compact RetinaNet
-(the demo's recipe), ~45-60 min for each 256x4-head RetinaNet (about 4x its FLOPs), ~25 min for Faster R-CNN,
-plus ~10 min of evaluation at 4 sizes: about 2.5-3 h in all. `train.max_steps=N` (a positional override, for
-every detector) scales the training part; `--only` and `--weights NAME=PATH` skip detectors. On VOC, GPU:
+(data/trees, `python tools/prepare_trees.py`). Measured on a 2-core CPU (docs/compare.md): training takes 13 min
+for the compact RetinaNet (the demo's recipe), 30 min for each 256x4-head RetinaNet (4x its FLOPs), 21 min for
+Faster R-CNN, plus 3-5 min of timing and evaluation at 4 sizes per detector: about 1 h 45 min in all.
+`train.max_steps=N` (a positional override, for every detector) scales the training part; `--only` and
+`--weights NAME=PATH` skip detectors; `--reuse` continues an interrupted run. On VOC, GPU:
   python tools/compare.py --retinanet-config configs/retinanet_mbv2_voc0712.yaml \
       --faster-rcnn-config configs/faster_rcnn_r50_fpn_voc0712.yaml --sizes 320 416 512 608 --out docs/voc
 """
