@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["fail", "format_table", "print_eval_report", "print_table", "save_pr_curves"]
+__all__ = ["add_reuse_option", "fail", "format_table", "print_eval_report", "print_table", "save_pr_curves"]
 
 
 def _numeric(cell: str) -> bool:
@@ -43,6 +44,16 @@ def print_table(title: str, rows: Sequence[Sequence[object]], header: Sequence[s
     """Print a titled table to stdout."""
     print(f"\n== {title} ==")
     print(format_table(rows, header))
+
+
+def add_reuse_option(parser: argparse.ArgumentParser) -> None:
+    """`--reuse` of the study tools (`detector.study.finished_run` decides what counts as finished)."""
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="load runs that already finished in --work-dir with exactly this config instead of "
+        "training them again (continue an interrupted study, add seeds to it)",
+    )
 
 
 def fail(err: BaseException, code: int = 2) -> int:

@@ -105,7 +105,6 @@ def train_variant(name: str, cfg: Config, reuse: bool = False) -> TrainedModel:
     With `reuse`, a finished run of exactly this config is loaded instead of trained again (see
     `finished_run`), so a study too long for one sitting continues where it stopped, or gains seeds later.
     """
-    from detector.inference import load_detector
     from detector.lit import fit
 
     if reuse:
@@ -115,9 +114,17 @@ def train_variant(name: str, cfg: Config, reuse: bool = False) -> TrainedModel:
     result = fit(cfg)
     if result.weights is None:
         raise RuntimeError(f"{name}: training finished without exporting weights (see {result.run_dir})")
-    model, cfg_w, class_names = load_detector(result.weights)
+    return _trained_from_weights(name, cfg, result.weights, result.seconds, result.steps)
+
+
+def _trained_from_weights(
+    name: str, cfg: Config, weights: Path, seconds: float | None, steps: int | None
+) -> TrainedModel:
+    from detector.inference import load_detector
+
+    model, cfg_w, class_names = load_detector(weights)
     cfg_w.data = cfg.data  # the study's data settings (the weights store the same)
-    return TrainedModel(name, cfg_w, class_names, model, result.weights, result.seconds, result.steps)
+    return TrainedModel(name, cfg_w, class_names, model, weights, seconds, steps)
 
 
 def finished_run(name: str, cfg: Config) -> TrainedModel | None:
@@ -125,22 +132,19 @@ def finished_run(name: str, cfg: Config) -> TrainedModel | None:
     the config they were trained with, exist and that config equals `cfg` (same model, data, schedule, seed
     and folders); otherwise None, saying why when a file is there but was trained differently."""
     from detector.config import to_yaml
-    from detector.inference import load_detector
-    from detector.weights import load_weights
+    from detector.weights import read_metadata
 
     path = Path(cfg.output.weights_dir) / f"{cfg.output.name}.safetensors"
     if not path.is_file():
         return None
-    _, meta = load_weights(path)
+    meta = read_metadata(path)
     if meta.get("config") != to_yaml(cfg):
         print(f"   {path} was trained with another config: training again", flush=True)
         return None
-    model, cfg_w, class_names = load_detector(path)
-    cfg_w.data = cfg.data
     seconds = float(meta["train_seconds"]) if meta.get("train_seconds") else None
     steps = int(meta["global_step"]) if meta.get("global_step") else None
     print(f"   reusing the finished run {path}", flush=True)
-    return TrainedModel(name, cfg_w, class_names, model, path, seconds, steps)
+    return _trained_from_weights(name, cfg, path, seconds, steps)
 
 
 def load_variant(name: str, weights: str | Path, overrides: Sequence[str] = ()) -> TrainedModel:

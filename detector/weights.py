@@ -14,12 +14,15 @@ import os
 import pickle
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from detector.atomic import atomic_open
+
+T = TypeVar("T")
 
 __all__ = [
     "BACKBONE_WEIGHTS",
@@ -31,6 +34,7 @@ __all__ = [
     "load_lightning_checkpoint",
     "load_state_dict_checked",
     "load_weights",
+    "read_metadata",
     "resolve_backbone_weights",
     "save_weights",
     "sha256_file",
@@ -230,26 +234,39 @@ def _check_safetensors_header(path: Path) -> None:
         )
 
 
-def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors weights file -> (state_dict, metadata); never unpickles.
-
-    Missing, truncated or tampered files raise WeightsError naming the file and the problem.
-    """
+def _read_safetensors(path: Path, read: Callable[[Any], T]) -> T:
+    """Open a safetensors file after the structural header check and return `read(handle)`; any failure is
+    a WeightsError naming the file and the problem."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"{path}: weights file not found")
     _check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
-            metadata = dict(fh.metadata() or {})
-            state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            return read(fh)
     except (SafetensorError, json.JSONDecodeError, OSError, RuntimeError) as err:
         problem = str(err)
         if "incomplete metadata" in problem or "not fully covered" in problem:
             problem = f"truncated or corrupt (the tensors do not fill the file as the header says): {problem}"
         raise WeightsError(f"{path}: cannot read safetensors weights: {problem}") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors weights file, from its header only (no tensor is read)."""
+    return _read_safetensors(Path(path), lambda fh: dict(fh.metadata() or {}))
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors weights file -> (state_dict, metadata); never unpickles.
+
+    Missing, truncated or tampered files raise WeightsError naming the file and the problem.
+    """
+    path = Path(path)
+    state, metadata = _read_safetensors(
+        path,
+        lambda fh: ({key: fh.get_tensor(key) for key in fh.keys()}, dict(fh.metadata() or {})),  # noqa: SIM118
+    )
     expected = metadata.pop(DIGEST_KEY, None)
     if expected is not None and _tensors_digest(state) != expected:
         raise WeightsError(

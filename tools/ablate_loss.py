@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from detector.cli import fail  # noqa: E402
+from detector.cli import add_reuse_option, fail  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,12 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work-dir", default=str(ROOT / "runs" / "ablation"), help="runs and weights go here"
     )
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="load runs that already finished in --work-dir with exactly this config instead of "
-        "training them again (continue an interrupted study, add seeds to it)",
-    )
+    add_reuse_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

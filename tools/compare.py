@@ -14,9 +14,9 @@ and 11-point AP, COCO AP/AP50/AP75 on the test split. Plot: VOC AP against end-t
 compare_speed_accuracy.png into --out; runs and weights go to --work-dir.
 
 Budget: the defaults train 4 detectors for the configs' 300 steps (batch 4, 416 px) on the tree tiles
-(data/trees, `python tools/prepare_trees.py`). Measured on a 2-core CPU (docs/compare.md): training takes 13 min
-for the compact RetinaNet (the demo's recipe), 30 min for each 256x4-head RetinaNet (4x its FLOPs), 21 min for
-Faster R-CNN, plus 3-5 min of timing and evaluation at 4 sizes per detector: about 1 h 45 min in all.
+(data/trees, `python tools/prepare_trees.py`). Measured on a 2-core CPU (docs/compare.md): training takes
+13 min for the compact RetinaNet (the demo's recipe), 30 min for each 256x4-head RetinaNet (4x its FLOPs),
+21 min for Faster R-CNN, plus 3-5 min of timing and evaluation at 4 sizes per detector: about 1 h 45 min.
 `train.max_steps=N` (a positional override, for every detector) scales the training part; `--only` and
 `--weights NAME=PATH` skip detectors; `--reuse` continues an interrupted run. On VOC, GPU:
   python tools/compare.py --retinanet-config configs/retinanet_mbv2_voc0712.yaml \
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from detector.cli import fail  # noqa: E402
+from detector.cli import add_reuse_option, fail  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_HEAD = (
@@ -99,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for compare.{md,json} and the PNG")
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "compare"), help="runs and weights go here")
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="load runs that already finished in --work-dir with exactly this config instead of "
-        "training them again (continue an interrupted study, add seeds to it)",
-    )
+    add_reuse_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every detector")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
