@@ -34,6 +34,8 @@ __all__ = [
     "curve_crossings",
     "evaluate_at_sizes",
     "finished_run",
+    "fmt",
+    "fmt_spread",
     "hardest_shares",
     "loss_grid",
     "machine_description",
@@ -129,22 +131,38 @@ def _trained_from_weights(
 
 def finished_run(name: str, cfg: Config) -> TrainedModel | None:
     """The run `fit(cfg)` would produce, if it already finished: its exported weights, whose metadata holds
-    the config they were trained with, exist and that config equals `cfg` (same model, data, schedule, seed
-    and folders); otherwise None, saying why when a file is there but was trained differently."""
-    from detector.config import to_yaml
+    the config they were trained with, exist and that config equals `cfg` (same model, data, schedule, seed);
+    otherwise None, saying why when a file is there but was trained differently. Where the run was written
+    (`OUTPUT_LOCATION`) is not compared, so weights copied into another study's work dir are reused too."""
+    from detector.config import ConfigError, from_yaml
     from detector.weights import read_metadata
 
     path = Path(cfg.output.weights_dir) / f"{cfg.output.name}.safetensors"
     if not path.is_file():
         return None
     meta = read_metadata(path)
-    if meta.get("config") != to_yaml(cfg):
+    try:
+        stored = from_yaml(meta["config"]) if "config" in meta else None
+    except ConfigError:
+        stored = None
+    if stored is None or _without_location(stored) != _without_location(cfg):
         print(f"   {path} was trained with another config: training again", flush=True)
         return None
     seconds = float(meta["train_seconds"]) if meta.get("train_seconds") else None
     steps = int(meta["global_step"]) if meta.get("global_step") else None
     print(f"   reusing the finished run {path}", flush=True)
     return _trained_from_weights(name, cfg, path, seconds, steps)
+
+
+OUTPUT_LOCATION = ("dir", "name", "weights_dir", "progress_bar")
+
+
+def _without_location(cfg: Config) -> Config:
+    """`cfg` with the output fields that say where a run is written (not how it trains) blanked."""
+    out = copy.deepcopy(cfg)
+    for key in OUTPUT_LOCATION:
+        setattr(out.output, key, None)
+    return out
 
 
 def load_variant(name: str, weights: str | Path, overrides: Sequence[str] = ()) -> TrainedModel:
@@ -490,6 +508,15 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
     return str(value)
+
+
+def fmt_spread(summary: Mapping[str, Any]) -> str:
+    """A `seed_summary` as a cell: 'mean ± std (min-max)', or just the value for one seed."""
+    if summary["mean"] is None:
+        return "-"
+    if len(summary["values"]) == 1:
+        return fmt(summary["mean"])
+    return f"{fmt(summary['mean'])} ± {fmt(summary['std'])} ({fmt(summary['min'])}-{fmt(summary['max'])})"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -284,12 +285,48 @@ def test_compare_trains_and_evaluates_detectors_and_writes_table_json_and_plot(d
         assert [s["size"] for s in r["by_size"]] == [64, 96] and r["at_train_size"]["size"] == 96
         assert all(s["latency_end_to_end_ms"] > 0 and s["num_images"] == 2 for s in r["by_size"])
     assert results["torchvision_retinanet"]["steps"] == 2 and results["retinanet"]["steps"] is None
-    assert sorted(p.name for p in (work / "runs").iterdir()) == ["torchvision_retinanet"]  # only it trained
+    assert [p.name for p in (work / "runs").iterdir()] == ["torchvision_retinanet_s0"]  # only it trained
     # same architecture for our 256x4 RetinaNet and torchvision's: equal parameter and FLOP counts
     ours, tv = results["retinanet"], results["torchvision_retinanet"]
     assert ours["params"] == tv["params"] and ours["gflops"] == pytest.approx(tv["gflops"], rel=0.02)
     png = out / "compare_speed_accuracy.png"
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_compare_over_two_seeds_reports_the_spread_and_reuses_runs_copied_from_another_study(data, tmp_path):
+    tool = load_tool("compare")
+    common = common_overrides(data, tmp_path)
+    argv = ["--only", "retinanet_compact", "--seeds", "0", "1", "--sizes", "64", "96", "--fps-iters", "1"]
+    argv += ["--time-steps", "1", "--time-warmup", "0", *common]
+    work = tmp_path / "work"
+    assert tool.main([*argv, "--out", str(tmp_path / "a"), "--work-dir", str(work)]) == 0
+    md = (tmp_path / "a" / "compare.md").read_text()
+    [row] = table_rows(md, "detector | seed 0")
+    seed0, seed1 = float(row[1]), float(row[2])
+    assert 0.0 <= seed0 <= 1.0 and 0.0 <= seed1 <= 1.0 and row[3].startswith(f"{(seed0 + seed1) / 2:.3f} ± ")
+    [result] = json.loads((tmp_path / "a" / "compare.json").read_text())["results"]
+    assert [s["seed"] for s in result["seeds"]] == [0, 1]
+    for i, size in enumerate([64, 96]):
+        runs = [s["by_size"][i] for s in result["seeds"]]
+        mean = result["by_size"][i]
+        assert mean["size"] == size and mean["voc_ap_seeds"]["values"] == [r["voc_ap"] for r in runs]
+        assert mean["voc_ap"] == pytest.approx(sum(r["voc_ap"] for r in runs) / 2)
+        assert mean["coco"]["AP"] == pytest.approx(sum(r["coco"]["AP"] for r in runs) / 2)
+        # speed is measured once, on the first seed's model
+        assert runs[0]["latency_end_to_end_ms"] > 0 and runs[1]["latency_end_to_end_ms"] is None
+        assert mean["latency_end_to_end_ms"] == runs[0]["latency_end_to_end_ms"]
+    weights = sorted((work / "weights").iterdir())
+    assert [p.name for p in weights] == [f"retinanet_compact_s{s}.safetensors" for s in (0, 1)]
+    assert weights[0].read_bytes() != weights[1].read_bytes()  # the seeds train different models
+
+    # weights copied into another study's work dir are read back with --reuse, not trained again
+    other = tmp_path / "other"
+    shutil.copytree(work / "weights", other / "weights")
+    assert tool.main([*argv, "--reuse", "--out", str(tmp_path / "b"), "--work-dir", str(other)]) == 0
+    assert not (other / "runs").exists()
+    [again] = json.loads((tmp_path / "b" / "compare.json").read_text())["results"]
+    assert again["at_train_size"]["voc_ap_seeds"] == result["at_train_size"]["voc_ap_seeds"]
 
 
 def test_compare_variants_are_the_four_detectors_on_one_schedule(tmp_path):
@@ -324,6 +361,9 @@ def test_compare_rejects_unknown_detectors_and_bad_sizes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main(["--sizes", "100"])
     assert tool.main(["--weights", "nope", "--out", str(tmp_path)]) == 2
+    for bad in (["--seeds", "1", "1"], ["--seeds", "0", "1", "--weights", f"retinanet={tmp_path / 'w'}"]):
+        with pytest.raises(SystemExit):
+            tool.main(bad)
 
 
 @pytest.mark.slow

@@ -158,19 +158,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spread(summary: dict) -> str:
-    from detector.study import fmt
-
-    if summary["mean"] is None:
-        return "-"
-    if len(summary["values"]) == 1:
-        return fmt(summary["mean"])
-    return f"{fmt(summary['mean'])} ± {fmt(summary['std'])} ({fmt(summary['min'])}-{fmt(summary['max'])})"
-
-
 def render(results: list[dict], best: dict, args: argparse.Namespace, machine: str, png: str, cfg) -> str:  # noqa: ANN001
     """The ablation as markdown: one row per variant, then the best alpha per gamma."""
-    from detector.study import fmt, markdown_table
+    from detector.study import fmt, fmt_spread, markdown_table
 
     loss_names = {"ce": "CE", "alpha_ce": "alpha-balanced CE", "focal": "FL", "ohem": "OHEM (CE)"}
     rows = [
@@ -180,14 +170,15 @@ def render(results: list[dict], best: dict, args: argparse.Namespace, machine: s
             fmt(r["alpha"], 2),
             fmt(r["gamma"], 1),
             r["ohem"] or "-",
-            _spread(r["voc_ap"]),
-            _spread(r["coco_ap"]),
+            fmt_spread(r["voc_ap"]),
+            fmt_spread(r["coco_ap"]),
             f"{sum('diverged' not in x for x in r['seeds'])}/{len(r['seeds'])}",
         ]
         for r in results
     ]
     best_rows = [
-        [fmt(g, 1), fmt(r["alpha"], 2), _spread(r["voc_ap"]), _spread(r["coco_ap"])] for g, r in best.items()
+        [fmt(g, 1), fmt(r["alpha"], 2), fmt_spread(r["voc_ap"]), fmt_spread(r["coco_ap"])]
+        for g, r in best.items()
     ]
     seeds = ", ".join(str(s) for s in args.seeds)
     lines = [

@@ -13,12 +13,16 @@ and 11-point AP, COCO AP/AP50/AP75 on the test split. Plot: VOC AP against end-t
 `--sizes` (models trained at `data.size`, evaluated at each size). Writes compare.md, compare.json and
 compare_speed_accuracy.png into --out; runs and weights go to --work-dir.
 
+Seeds: with `--seeds 0 1 2` each detector trains once per seed; accuracy is the mean over the seeds (table:
+mean ± sample std, min-max and each seed's VOC AP), speed and cost are measured on the first seed's model.
+
 Budget: the defaults train 4 detectors for the configs' 300 steps (batch 4, 416 px) on the tree tiles
 (data/trees, `python tools/prepare_trees.py`). Measured on a 2-core CPU (docs/compare.md): training takes
 13 min for the compact RetinaNet (the demo's recipe), 30 min for each 256x4-head RetinaNet (4x its FLOPs),
 21 min for Faster R-CNN, plus 3-5 min of timing and evaluation at 4 sizes per detector: about 1 h 45 min.
 `train.max_steps=N` (a positional override, for every detector) scales the training part; `--only` and
-`--weights NAME=PATH` skip detectors; `--reuse` continues an interrupted run. On VOC, GPU:
+`--weights NAME=PATH` skip detectors; `--reuse` continues an interrupted run, or reads back weights
+trained earlier (copied into --work-dir/weights as NAME_sSEED.safetensors). On VOC, GPU:
   python tools/compare.py --retinanet-config configs/retinanet_mbv2_voc0712.yaml \
       --faster-rcnn-config configs/faster_rcnn_r50_fpn_voc0712.yaml --sizes 320 416 512 608 --out docs/voc
 """
@@ -96,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         default=2,
         help="untimed training steps first (the CPU focal loss compiles)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="train each detector once per seed (default: 0)"
+    )
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for compare.{md,json} and the PNG")
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "compare"), help="runs and weights go here")
     add_reuse_option(parser)
@@ -107,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fps-iters and --time-steps must be >= 1, --time-warmup >= 0")
     if any(s <= 0 or s % 32 for s in args.sizes):
         parser.error(f"--sizes must be positive multiples of 32, got {args.sizes}")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must not repeat, got {args.seeds}")
+    if args.weights and len(args.seeds) > 1:
+        parser.error("--weights gives one trained model per detector: use it with a single seed")
 
     from detector.config import ConfigError
     from detector.data.voc import VOCFormatError
@@ -131,33 +141,48 @@ def run(args: argparse.Namespace) -> int:
     given = parse_weights(args.weights, names)
     results = []
     for variant in chosen:
-        cfg = study.study_config(variant, args.overrides, args.work_dir, seed=args.seed)
         print(f"== {variant.name}: {variant.label}", flush=True)
-        if variant.name in given:
-            trained = study.load_variant(variant.name, given[variant.name])
-            trained.cfg.data = cfg.data  # evaluate on the study's data, whatever the weights were trained on
-        else:
-            trained = study.train_variant(variant.name, cfg, reuse=args.reuse)
-        size = int(cfg.data.size)
-        images, targets = study.first_train_batch(cfg)
-        row = {
-            "name": variant.name,
-            "label": variant.label,
-            "model": trained.cfg.model.name,
-            "weights": trained.weights,
-            "train_size": size,
-            "batch_size": int(cfg.data.batch_size),
-            "steps": trained.steps,
-            "fit_seconds": trained.fit_seconds,
-            "params": sum(p.numel() for p in trained.model.parameters()),
-            "gflops": study.count_gflops(trained.model, size),
-            "train_s_per_step": study.time_train_steps(
-                trained.model, images, targets, steps=args.time_steps, warmup=args.time_warmup
-            ),
-        }
-        sizes = sorted(set(args.sizes) | {size})
-        row["by_size"] = study.evaluate_at_sizes(trained, sizes, fps_iters=args.fps_iters)
-        row["at_train_size"] = next(r for r in row["by_size"] if r["size"] == size)
+        row: dict = {}
+        for seed in args.seeds:
+            cfg = study.study_config(variant, args.overrides, args.work_dir, seed=seed, tag=f"s{seed}")
+            if variant.name in given:
+                trained = study.load_variant(variant.name, given[variant.name])
+                trained.cfg.data = cfg.data  # the study's data, whatever the weights were trained on
+            else:
+                trained = study.train_variant(variant.name, cfg, reuse=args.reuse)
+            size = int(cfg.data.size)
+            sizes = sorted(set(args.sizes) | {size})
+            if not row:  # the first seed's model: cost and speed
+                images, targets = study.first_train_batch(cfg)
+                row = {
+                    "name": variant.name,
+                    "label": variant.label,
+                    "model": trained.cfg.model.name,
+                    "train_size": size,
+                    "batch_size": int(cfg.data.batch_size),
+                    "steps": trained.steps,
+                    "fit_seconds": trained.fit_seconds,
+                    "params": sum(p.numel() for p in trained.model.parameters()),
+                    "gflops": study.count_gflops(trained.model, size),
+                    "train_s_per_step": study.time_train_steps(
+                        trained.model, images, targets, steps=args.time_steps, warmup=args.time_warmup
+                    ),
+                    "seeds": [],
+                }
+            fps_iters = args.fps_iters if not row["seeds"] else 0
+            row["seeds"].append(
+                {
+                    "seed": seed,
+                    "weights": trained.weights,
+                    "steps": trained.steps,
+                    "fit_seconds": trained.fit_seconds,
+                    "by_size": study.evaluate_at_sizes(trained, sizes, fps_iters=fps_iters),
+                }
+            )
+            del trained
+        row["weights"] = row["seeds"][0]["weights"]
+        row["by_size"] = mean_over_seeds(row["seeds"])
+        row["at_train_size"] = next(r for r in row["by_size"] if r["size"] == row["train_size"])
         results.append(row)
 
     out = Path(args.out)
@@ -185,6 +210,45 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def mean_over_seeds(seeds: list[dict]) -> list[dict]:
+    """Per input size: the first seed's row (its speed) with accuracy averaged over the seeds, and the
+    spread of VOC AP and COCO AP (`study.seed_summary`) under `voc_ap_seeds` / `coco_ap_seeds`."""
+    from detector.study import seed_summary
+
+    rows = []
+    for i, first in enumerate(seeds[0]["by_size"]):
+        per_seed = [s["by_size"][i] for s in seeds]
+        voc = seed_summary([r["voc_ap"] for r in per_seed])
+        coco = {k: seed_summary([r["coco"][k] for r in per_seed])["mean"] for k in first["coco"]}
+        rows.append(
+            {
+                **first,
+                "voc_ap": voc["mean"],
+                "voc_ap_07": seed_summary([r["voc_ap_07"] for r in per_seed])["mean"],
+                "coco": coco,
+                "voc_ap_seeds": voc,
+                "coco_ap_seeds": seed_summary([r["coco"]["AP"] for r in per_seed]),
+            }
+        )
+    return rows
+
+
+def seed_table(results: list[dict], seeds: list[int]) -> list[str]:
+    """Each seed's VOC AP at the training size, then the spread: lines of markdown."""
+    from detector.study import fmt, fmt_spread, markdown_table
+
+    rows = []
+    for r in results:
+        at = r["train_size"]
+        per_seed = [next(s for s in run["by_size"] if s["size"] == at)["voc_ap"] for run in r["seeds"]]
+        a = r["at_train_size"]
+        rows.append(
+            [r["label"], *map(fmt, per_seed), fmt_spread(a["voc_ap_seeds"]), fmt_spread(a["coco_ap_seeds"])]
+        )
+    header = ["detector", *(f"seed {s}" for s in seeds), "VOC AP", "COCO AP"]
+    return [f"VOC AP per seed at {results[0]['train_size']} px:", "", markdown_table(header, rows)]
+
+
 def command_line(args: argparse.Namespace) -> str:
     return "python tools/compare.py " + " ".join(args.argv)
 
@@ -193,8 +257,9 @@ def render(
     results: list[dict], args: argparse.Namespace, crossings: list[str], machine: str, png: str
 ) -> str:
     """The comparison as markdown: main table, AP/latency by size, crossings, machine and command."""
-    from detector.study import fmt, markdown_table
+    from detector.study import fmt, fmt_spread, markdown_table
 
+    several = len(args.seeds) > 1
     header = [
         "detector",
         "params (M)",
@@ -219,9 +284,9 @@ def render(
                 fmt(r["train_s_per_step"], 3),
                 fmt(a["fps_model_bs1"], 1),
                 fmt(a["fps_end_to_end_bs1"], 1),
-                fmt(a["voc_ap"]),
+                fmt_spread(a["voc_ap_seeds"]) if several else fmt(a["voc_ap"]),
                 fmt(a["voc_ap_07"]),
-                fmt(a["coco"]["AP"]),
+                fmt_spread(a["coco_ap_seeds"]) if several else fmt(a["coco"]["AP"]),
                 fmt(a["coco"]["AP50"]),
                 fmt(a["coco"]["AP75"]),
             ]
@@ -245,11 +310,16 @@ def render(
         for r in results
     ]
     first = results[0]
+    seeds = ", ".join(str(s) for s in args.seeds)
     lines = [
         "# One-stage vs two-stage detectors",
         "",
         f"Trained at {first['train_size']} px, batch {first['batch_size']}, {first['steps'] or '-'} steps "
         "(same data, schedule and Lightning loop for all); evaluated on the test split.",
+        f"Seeds {seeds}: accuracy is the mean over the seeds (VOC AP and COCO AP: mean ± sample std "
+        "(min-max)), cost and speed are the first seed's model."
+        if several
+        else f"Seed {seeds}.",
         "",
         markdown_table(header, rows),
         f"VOC AP at each input size / end-to-end latency per image at batch 1 (plot: `{png}`):",
@@ -257,6 +327,7 @@ def render(
         markdown_table(["detector", *(f"{s} px" for s in sizes)], by_size),
         "Curves cross: " + ("; ".join(crossings) if crossings else "nowhere in the measured range") + ".",
         "",
+        *(seed_table(results, args.seeds) if several else []),
         f"Machine: {machine}.",
         "",
         f"Command: `{command_line(args)}`",
