@@ -57,6 +57,10 @@ class LossConfig:
     box: str = "smooth_l1"  # smooth_l1 | l1 | giou
     smooth_l1_beta: float = 1.0 / 9.0
     box_weight: float = 1.0
+    # Both losses are divided by foreground anchors: "batch" divides the batch's sum by its foreground count
+    # (the paper, Detectron, mmdetection); "image" divides each image by its own count and averages the
+    # images (torchvision's RetinaNet, whose loss is always per image).
+    normalize: str = "batch"
 
 
 @dataclass
@@ -161,6 +165,7 @@ def _validate(cfg: Config) -> None:
         (cfg.model.head.norm in ("none", "group"), "model.head.norm", "none or group"),
         (cfg.model.loss.cls in ("focal", "ohem"), "model.loss.cls", "focal or ohem"),
         (cfg.model.loss.box in ("smooth_l1", "l1", "giou"), "model.loss.box", "smooth_l1, l1 or giou"),
+        (cfg.model.loss.normalize in ("batch", "image"), "model.loss.normalize", "batch or image"),
         (len(cfg.model.anchors.sizes) == 5, "model.anchors.sizes", "five sizes, one per level P3..P7"),
         (cfg.data.size > 0 and cfg.data.size % 32 == 0, "data.size", "a positive multiple of 32"),
         (cfg.data.batch_size > 0, "data.batch_size", "positive"),

@@ -130,6 +130,35 @@ def test_ohem_budget() -> None:
     assert model.ohem_select(logits, labels).tolist() == [[0, -1, -2, -2]]
 
 
+@pytest.mark.parametrize("cls_loss", ["focal", "ohem"])
+def test_image_normalization_averages_each_images_loss_over_its_own_foreground(cls_loss: str) -> None:
+    """`loss_normalize="image"` on a batch equals the mean of one-image losses; "batch" differs when the
+    images hold different numbers of foreground anchors (here 1, 3 and 5 boxes, and one empty image)."""
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    cfg.loss.cls = cls_loss
+    model = build_model(cfg, num_classes=3).train()
+    images, targets = load_bench().random_batch(3, 128, 3, torch.Generator().manual_seed(1))
+    images = torch.cat([images, images[:1]])
+    targets = [*targets, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    with torch.no_grad():
+        alone = [model(images[i : i + 1], targets[i : i + 1]) for i in range(len(targets))]
+        batch = model(images, targets)
+        model.loss_normalize = "image"
+        image = model(images, targets)
+    for key in ("classification", "bbox_regression"):
+        mean = sum(a[key] for a in alone) / len(alone)
+        torch.testing.assert_close(image[key], mean, rtol=1e-5, atol=1e-6)
+        assert not torch.isclose(batch[key], mean, rtol=1e-3)
+
+
+def test_loss_normalization_must_be_batch_or_image() -> None:
+    cfg = small_cfg()
+    cfg.loss.normalize = "anchor"
+    with pytest.raises(ValueError, match="loss normalization must be 'batch' or 'image', got 'anchor'"):
+        build_model(cfg, num_classes=3)
+
+
 @pytest.mark.slow
 def test_loss_and_detections_equal_torchvision() -> None:
     bench = load_bench()

@@ -143,9 +143,11 @@ def check_equal(
     tv.train()
     with torch.no_grad():
         tv_loss = tv(tv_images, tv_targets)
-        # torchvision normalizes each image by its own foreground count and averages over images
-        per_image = [ours(images[i : i + 1], targets[i : i + 1]) for i in range(len(targets))]
-        ours_loss = {k: sum(p[k] for p in per_image) / len(per_image) for k in per_image[0]}
+        normalize, ours.loss_normalize = ours.loss_normalize, "image"  # torchvision's reduction
+        try:
+            ours_loss = ours(images, targets)
+        finally:
+            ours.loss_normalize = normalize
     loss_diff = max(abs(float(ours_loss[k]) - float(tv_loss[k])) for k in ours_loss)
     ours.eval()
     tv.eval()

@@ -121,6 +121,7 @@ class RetinaNet(nn.Module):
         box_loss: str = "smooth_l1",
         smooth_l1_beta: float = 1.0 / 9.0,
         box_weight: float = 1.0,
+        loss_normalize: str = "batch",
         fg_iou_thresh: float = 0.5,
         bg_iou_thresh: float = 0.4,
         score_thresh: float = 0.05,
@@ -135,6 +136,8 @@ class RetinaNet(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if cls_loss not in ("focal", "ohem"):
             raise ValueError(f"classification loss must be 'focal' or 'ohem', got {cls_loss!r}")
+        if loss_normalize not in ("batch", "image"):
+            raise ValueError(f"loss normalization must be 'batch' or 'image', got {loss_normalize!r}")
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box loss must be one of {BOX_LOSSES}, got {box_loss!r}")
         if not 0.0 < prior < 1.0:
@@ -156,6 +159,7 @@ class RetinaNet(nn.Module):
         self.cls_loss, self.alpha, self.gamma = cls_loss, alpha, gamma
         self.ohem_neg_pos_ratio, self.ohem_budget = float(ohem_neg_pos_ratio), int(ohem_budget)
         self.box_loss, self.smooth_l1_beta, self.box_weight = box_loss, smooth_l1_beta, box_weight
+        self.loss_normalize = loss_normalize
         self.score_thresh, self.topk_candidates = score_thresh, topk_candidates
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
         self.channels_last = channels_last
@@ -218,33 +222,48 @@ class RetinaNet(nn.Module):
         anchors: torch.Tensor,
         targets: Sequence[dict[str, torch.Tensor]],
     ) -> dict[str, torch.Tensor]:
-        """Focal (or OHEM) classification + box loss, both normalized by the foreground count (>= 1)."""
+        """Focal (or OHEM) classification + box loss, both normalized by foreground anchors (>= 1): the
+        batch's count, or with `loss_normalize="image"` each image's own count, averaged over the images."""
         batch, num_anchors, num_classes = cls_logits.shape
         gt_boxes, gt_labels, valid = pad_targets(targets, self.num_classes, cls_logits.device)
         matches = self.matcher(gt_boxes, valid, anchors)
         labels = self.classification_targets(matches, gt_labels)
         foreground = matches >= 0
-        normalizer = foreground.sum().clamp(min=1).float()
-        logits = cls_logits.reshape(-1, num_classes)
         if self.cls_loss == "ohem":
-            labels = self.ohem_select(logits.detach(), labels)
-            cls = sigmoid_focal_loss(logits, labels.reshape(-1), alpha=None, gamma=0.0, reduction="sum")
+            labels = self.ohem_select(cls_logits.detach().reshape(-1, num_classes), labels)
+            alpha, gamma = None, 0.0
         else:
-            cls = sigmoid_focal_loss(logits, labels.reshape(-1), self.alpha, self.gamma, reduction="sum")
+            alpha, gamma = self.alpha, self.gamma
         fg_b, fg_a = torch.nonzero(foreground, as_tuple=True)
         if gt_boxes.shape[1]:
             matched_boxes = gt_boxes[fg_b, matches[fg_b, fg_a]]
         else:
             matched_boxes = box_deltas.new_zeros((0, 4))
-        box = box_regression_loss(
-            self.box_loss,
-            self.box_coder,
-            box_deltas[fg_b, fg_a],
-            anchors[fg_a],
-            matched_boxes,
-            self.smooth_l1_beta,
-        )
-        return {"classification": cls / normalizer, "bbox_regression": box * self.box_weight / normalizer}
+
+        def losses(images: slice | int, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+            """Summed classification and box loss of `images` (their foreground anchors: `rows`)."""
+            cls = sigmoid_focal_loss(
+                cls_logits[images].reshape(-1, num_classes), labels[images].reshape(-1), alpha, gamma
+            )
+            box = box_regression_loss(
+                self.box_loss,
+                self.box_coder,
+                box_deltas[fg_b[rows], fg_a[rows]],
+                anchors[fg_a[rows]],
+                matched_boxes[rows],
+                self.smooth_l1_beta,
+            )
+            return cls, box * self.box_weight
+
+        if self.loss_normalize == "batch":
+            cls, box = losses(slice(None), slice(None))
+            normalizer = foreground.sum().clamp(min=1).float()
+            return {"classification": cls / normalizer, "bbox_regression": box / normalizer}
+        per_image = [losses(i, fg_b == i) for i in range(batch)]
+        normalizer = foreground.sum(dim=1).clamp(min=1).float() * batch
+        cls = sum(c / n for (c, _), n in zip(per_image, normalizer, strict=True))
+        box = sum(b / n for (_, b), n in zip(per_image, normalizer, strict=True))
+        return {"classification": cls, "bbox_regression": box}
 
     @torch.no_grad()
     def ohem_select(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
