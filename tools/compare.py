@@ -15,6 +15,7 @@ compare_speed_accuracy.png into --out; runs and weights go to --work-dir.
 
 Seeds: with `--seeds 0 1 2` each detector trains once per seed; accuracy is the mean over the seeds (table:
 mean ± sample std, min-max and each seed's VOC AP), speed and cost are measured on the first seed's model.
+Each further seed costs its training again plus about a minute of evaluation per detector and size.
 
 Budget: the defaults train 4 detectors for the configs' 300 steps (batch 4, 416 px) on the tree tiles
 (data/trees, `python tools/prepare_trees.py`). Measured on a 2-core CPU (docs/compare.md): training takes
