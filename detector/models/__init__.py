@@ -45,7 +45,7 @@ def build_retinanet(model_cfg: Any, num_classes: int) -> RetinaNet:
         box_loss=loss.box,
         smooth_l1_beta=loss.smooth_l1_beta,
         box_weight=loss.box_weight,
-        loss_normalize=getattr(loss, "normalize", "batch"),
+        loss_normalize=loss.normalize,
         fg_iou_thresh=model_cfg.fg_iou_thresh,
         bg_iou_thresh=model_cfg.bg_iou_thresh,
         score_thresh=model_cfg.score_thresh,
