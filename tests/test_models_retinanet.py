@@ -172,6 +172,10 @@ def test_loss_and_detections_equal_torchvision() -> None:
     assert quality["loss_max_abs_diff"] < 1e-4
     assert quality["detections_ours"] == quality["detections_torchvision"] == 300
     assert quality["matched_min_iou"] > 0.999 and quality["matched_score_max_abs_diff"] < 1e-5
+    assert (
+        quality["matched_fraction_iou99"] == 1.0
+        and quality["losses_ours"].keys() == quality["losses_torchvision"].keys()
+    )
 
 
 def test_build_model_rejects_unknown_name() -> None:

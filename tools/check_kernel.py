@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     if device == "cuda":
         shapes = [(8 * 49104, 20), (4 * 30231, 1), (20000, 80), (5003, 365), (1, 1), (77, 3)]
+        # every gamma mode of the kernel (0, 2, other) with and without alpha; each new combination compiles
         params = ((2.0, 0.25), (0.0, None), (0.5, 0.25), (5.0, None))
     else:  # the interpreter is slow: a few small cases (tests/test_focal_triton.py covers the full grid)
         shapes = [(77, 20), (50, 1)]
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                     grad_ok = bool((grad_err <= atol + rtol * ref_x.grad.abs()).all())
                     ok = (
                         loss_err <= rtol * loss_scale + atol and grad_ok and torch.isfinite(loss).all().item()
+                    )
+                    print(
+                        f"{'ok ' if ok else 'BAD'} N={n} C={c} {dtype} gamma={gamma} alpha={alpha} "
+                        f"{reduction}: loss err {loss_err:.2e}, grad err {grad_err.max().item():.2e}",
+                        flush=True,
                     )
                     cases.append(
                         {
