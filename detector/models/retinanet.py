@@ -302,7 +302,7 @@ class RetinaNet(nn.Module):
         per_level: Sequence[int],
         image_size: tuple[int, int],
     ) -> list[dict[str, torch.Tensor]]:
-        """Per-level top-k above the score threshold, decode, clip, one NMS over (image, class), top-N."""
+        """Per-level top-k above the score threshold, decode, clip, NMS per image over classes, top-N."""
         batch, _, num_classes = cls_logits.shape
         device = cls_logits.device
         scores_l, anchor_l, class_l = [], [], []
@@ -329,23 +329,12 @@ class RetinaNet(nn.Module):
             ),
             dim=1,
         )
-        # one NMS over all (image, class) groups; torchvision picks the coordinate-offset trick for few boxes
-        # and per-group kernels for many on the CPU (one NMS over N boxes costs O(N^2) there)
-        kept = batched_nms(
-            boxes, scores, image_idx * num_classes + classes, self.nms_thresh
-        )  # by score, desc
-        kept_img = image_idx[kept]
-        kept_img, order = torch.sort(kept_img, stable=True)
-        kept = kept[order]
-        counts = torch.bincount(kept_img, minlength=batch)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(kept.shape[0], device=device) - starts[kept_img]
-        kept = kept[rank < self.detections_per_img]
-        sizes = counts.clamp(max=self.detections_per_img).tolist()
-        out_boxes, out_scores, out_labels = boxes[kept], scores[kept], classes[kept] + 1
-        return [
-            {"boxes": b, "scores": s, "labels": lab}
-            for b, s, lab in zip(
-                out_boxes.split(sizes), out_scores.split(sizes), out_labels.split(sizes), strict=True
-            )
-        ]
+        # NMS image by image, over its (class) groups. One NMS over the whole batch would grow with the square
+        # of the batch's candidates, and past a size torchvision's batched_nms runs one kernel per (image,
+        # class) group instead, each a device sync on a GPU. `image_idx` is sorted (row-major `keep`).
+        counts = torch.bincount(image_idx, minlength=batch).tolist()
+        detections = []
+        for b, s, c in zip(boxes.split(counts), scores.split(counts), classes.split(counts), strict=True):
+            kept = batched_nms(b, s, c, self.nms_thresh)[: self.detections_per_img]  # by score, desc
+            detections.append({"boxes": b[kept], "scores": s[kept], "labels": c[kept] + 1})
+        return detections
