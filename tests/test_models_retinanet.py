@@ -73,6 +73,26 @@ def test_shapes_loss_and_eval(norm: str) -> None:
         assert det["labels"].dtype == torch.int64 and det["scores"].shape == det["labels"].shape
 
 
+def test_each_images_detections_are_the_same_alone_as_in_a_batch() -> None:
+    """NMS runs image by image: what else is in the batch changes no image's detections."""
+    torch.manual_seed(0)
+    model = build_model(small_cfg(), num_classes=3).eval()
+    load_bench().make_heads_fire(model)  # varied scores: hundreds of candidates per image
+    images = torch.randint(0, 256, (3, 3, 128, 128), dtype=torch.uint8)
+    images[1] = 0
+    with torch.no_grad():  # the same head outputs for both, so only post-processing can differ
+        cls, box, anchors, per_level = model.head_outputs(images)
+        batched = model.postprocess(cls, box, anchors, per_level, (128, 128))
+        alone = [
+            model.postprocess(cls[i : i + 1], box[i : i + 1], anchors, per_level, (128, 128))[0]
+            for i in range(3)
+        ]
+    assert [len(d["scores"]) for d in batched] == [model.detections_per_img] * 3  # NMS and top-N had work
+    for got, want in zip(batched, alone, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+
+
 def test_all_images_without_boxes() -> None:
     model = build_model(small_cfg(), num_classes=2).train()
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
