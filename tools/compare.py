@@ -311,11 +311,13 @@ def render(
         for r in results
     ]
     first = results[0]
+    # weights exported before the step count was stored have none: any seed's count says the schedule
+    steps = next((s["steps"] for r in results for s in r["seeds"] if s["steps"]), None)
     seeds = ", ".join(str(s) for s in args.seeds)
     lines = [
         "# One-stage vs two-stage detectors",
         "",
-        f"Trained at {first['train_size']} px, batch {first['batch_size']}, {first['steps'] or '-'} steps "
+        f"Trained at {first['train_size']} px, batch {first['batch_size']}, {steps or '-'} steps "
         "(same data, schedule and Lightning loop for all); evaluated on the test split.",
         f"Seeds {seeds}: accuracy is the mean over the seeds (VOC AP and COCO AP: mean ± sample std "
         "(min-max)), cost and speed are the first seed's model."
