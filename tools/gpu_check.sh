@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check (under 8 minutes on an H100): the focal-loss benchmark, the model benchmark (our RetinaNet,
-# torchvision's RetinaNet, our Faster R-CNN) and the focal-loss kernel's correctness on CUDA against the float64
-# reference.
+# GPU check (about 5 minutes on an H100 with cold caches: 4 min 50 s on 2026-11-27): the focal-loss benchmark,
+# the model benchmark (our RetinaNet, torchvision's RetinaNet, our Faster R-CNN) and the focal-loss kernel's
+# correctness on CUDA against the float64 reference.
 # Writes the raw JSON, the logs and a markdown summary (summary.md) into --out. Needs torch, torchvision and
 # triton only (no albumentations, no pycocotools).
 #   tools/gpu_check.sh [--out DIR] [--dry-run] [--skip-model]
