@@ -370,11 +370,13 @@ def loss_grid(
 
 
 def seed_summary(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean, sample std, min, max and the per-seed values (None for an undefined AP is dropped)."""
+    """Mean, sample std, min, max, the count `n` they come from and the per-seed values (None, for an
+    undefined AP or a seed that did not finish, is dropped from the statistics)."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
-        return {"mean": None, "std": None, "min": None, "max": None, "values": list(values)}
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "values": list(values)}
     return {
+        "n": len(vals),
         "mean": float(np.mean(vals)),
         "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
         "min": min(vals),
@@ -511,10 +513,10 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def fmt_spread(summary: Mapping[str, Any]) -> str:
-    """A `seed_summary` as a cell: 'mean ± std (min-max)', or just the value for one seed."""
+    """A `seed_summary` as a cell: 'mean ± std (min-max)', or just the value when one seed has it."""
     if summary["mean"] is None:
         return "-"
-    if len(summary["values"]) == 1:
+    if summary.get("n", len(summary["values"])) == 1:
         return fmt(summary["mean"])
     return f"{fmt(summary['mean'])} ± {fmt(summary['std'])} ({fmt(summary['min'])}-{fmt(summary['max'])})"
 

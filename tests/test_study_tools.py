@@ -198,7 +198,9 @@ def test_seed_summary_and_best_alpha_per_gamma():
     s = study.seed_summary([0.5, 0.7, None])
     assert s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(math.sqrt(0.02))
     assert (s["min"], s["max"]) == (0.5, 0.7)
-    assert study.seed_summary([None])["mean"] is None
+    assert s["n"] == 2 and study.fmt_spread(s) == "0.600 ± 0.141 (0.500-0.700)"
+    assert study.seed_summary([None])["mean"] is None and study.fmt_spread(study.seed_summary([None])) == "-"
+    assert study.fmt_spread(study.seed_summary([None, 0.25])) == "0.250"  # one seed has it: no spread shown
     results = [
         {"family": "focal", "gamma": 2.0, "alpha": 0.25, "voc_ap": study.seed_summary([0.6])},
         {"family": "focal", "gamma": 2.0, "alpha": 0.5, "voc_ap": study.seed_summary([0.7])},
@@ -426,6 +428,20 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatc
     cfg.train.lr *= 2
     assert study.finished_run(fl.name, cfg) is None
     assert "trained with another config" in capsys.readouterr().out
+
+    # --table-only: the runs that finished are tabled, the rest listed as not run, nothing is trained
+    partial = [*argv, "--table-only"]
+    partial[seeds_at + 1 : seeds_at + 3] = ["1", "3"]
+    partial[partial.index("--only") + 1] = "fl_g2_a0.5"
+    assert load_tool("ablate_loss").main(partial) == 0
+    assert fitted == ["fl_g2_a0.25_s2", "ohem_b32_s2"]
+    md = (out / "ablation.md").read_text()
+    rows = {r[0]: r for r in table_rows(md, "variant")}
+    assert set(rows) == {"fl_g2_a0.5", "ohem_b32"}
+    assert (rows["fl_g2_a0.5"][5], rows["fl_g2_a0.5"][7]) == ("-", "0/2")
+    assert rows["ohem_b32"][5] == study.fmt(reused[1]["seeds"][1]["voc_ap"]) and rows["ohem_b32"][7] == "1/2"
+    assert "Not run yet: fl_g2_a0.5 (seed 1, 3); ohem_b32 (seed 3)." in md
+    assert json.loads((out / "ablation.json").read_text())["results"][1]["seeds"][1]["not_run"] is True
 
 
 def test_ablate_loss_rejects_bad_grids(tmp_path, capsys):

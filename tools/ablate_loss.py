@@ -18,6 +18,7 @@ about 11 min on a 2-core CPU (the demo's recipe, measured), so one seed is about
 `train.max_steps=N`, a smaller grid (`--gammas 2 --focal-alphas 0.25 --ce-alphas 0.75 --ohem-budgets`),
 `--only NAME ...`, or run it on a GPU. With `--reuse`, runs that already finished in --work-dir are
 evaluated instead of trained again: stop the grid any time and rerun the same command (more --seeds too).
+`--table-only` trains nothing: it tables the runs that finished and lists the rest as not run yet.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         "--work-dir", default=str(ROOT / "runs" / "ablation"), help="runs and weights go here"
     )
     add_reuse_option(parser)
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="train nothing: table the runs in --work-dir that finished with exactly this config "
+        "(as --reuse) and list the others as not run yet (a partial grid, or seeds still missing)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -97,18 +104,17 @@ def run(args: argparse.Namespace) -> int:
             cfg = study.study_config(variant, args.overrides, args.work_dir, seed=seed, tag=f"s{seed}")
             print(f"== {lv.name} seed {seed}", flush=True)
             try:
-                trained = study.train_variant(lv.name, cfg, reuse=args.reuse)
+                if args.table_only:
+                    trained = study.finished_run(lv.name, cfg)
+                    if trained is None:
+                        print("   not run yet", flush=True)
+                        per_seed.append(_missing(seed, not_run=True))
+                        continue
+                else:
+                    trained = study.train_variant(lv.name, cfg, reuse=args.reuse)
             except NonFiniteLossError as err:  # a diverging loss is a result of the ablation, not a crash
                 print(f"   diverged: {err}", flush=True)
-                per_seed.append(
-                    {
-                        "seed": seed,
-                        "voc_ap": None,
-                        "voc_ap_07": None,
-                        "coco": {"AP": None},
-                        "diverged": str(err),
-                    }
-                )
+                per_seed.append(_missing(seed, diverged=str(err)))
                 continue
             (ev,) = study.evaluate_at_sizes(trained, [int(cfg.data.size)], fps_iters=0)
             per_seed.append(
@@ -158,6 +164,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing(seed: int, **why: object) -> dict:
+    """A seed without an evaluation: `diverged` (its loss went non-finite) or `not_run` (--table-only)."""
+    return {"seed": seed, "voc_ap": None, "voc_ap_07": None, "coco": {"AP": None}, **why}
+
+
+def _finished(seed_result: dict) -> bool:
+    return "diverged" not in seed_result and "not_run" not in seed_result
+
+
 def render(results: list[dict], best: dict, args: argparse.Namespace, machine: str, png: str, cfg) -> str:  # noqa: ANN001
     """The ablation as markdown: one row per variant, then the best alpha per gamma."""
     from detector.study import fmt, fmt_spread, markdown_table
@@ -172,7 +187,7 @@ def render(results: list[dict], best: dict, args: argparse.Namespace, machine: s
             r["ohem"] or "-",
             fmt_spread(r["voc_ap"]),
             fmt_spread(r["coco_ap"]),
-            f"{sum('diverged' not in x for x in r['seeds'])}/{len(r['seeds'])}",
+            f"{sum(map(_finished, r['seeds']))}/{len(r['seeds'])}",
         ]
         for r in results
     ]
@@ -181,6 +196,11 @@ def render(results: list[dict], best: dict, args: argparse.Namespace, machine: s
         for g, r in best.items()
     ]
     seeds = ", ".join(str(s) for s in args.seeds)
+    not_run = [
+        f"{r['name']} (seed {', '.join(str(x['seed']) for x in r['seeds'] if 'not_run' in x)})"
+        for r in results
+        if any("not_run" in x for x in r["seeds"])
+    ]
     lines = [
         "# Classification-loss ablation (focal-loss paper, Table 1)",
         "",
@@ -190,6 +210,7 @@ def render(results: list[dict], best: dict, args: argparse.Namespace, machine: s
         "(with several seeds: mean ± sample std (min-max)).",
         "",
         markdown_table(["variant", "loss", "alpha", "gamma", "OHEM", "VOC AP", "COCO AP", "finished"], rows),
+        *([f"Not run yet: {'; '.join(not_run)}.", ""] if not_run else []),
         f"Best alpha per gamma (plot: `{png}`):",
         "",
         markdown_table(["gamma", "best alpha", "VOC AP", "COCO AP"], best_rows)
