@@ -60,6 +60,50 @@ def test_gpu_check_dry_run(tmp_path):
     assert "| float32 | ours |" in text and "| float32 | torchvision |" in text
 
 
+def test_bench_focal_cuda_table_shows_kernel_call_and_copy_bandwidth():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_focal", ROOT / "tools" / "bench_focal.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    common = {"size": "voc512_b8", "N": 392832, "C": 20, "dtype": "float32", "first_call_s": 0.5}
+    rows = [
+        {
+            **common,
+            "variant": "torchvision",
+            "ms": 2.0,
+            "extra_peak_mib": 100.0,
+            "speedup_vs_torchvision": 1.0,
+        },
+        {
+            **common,
+            "variant": "ours",
+            "ms": 1.0,
+            "extra_peak_mib": 10.0,
+            "speedup_vs_torchvision": 2.0,
+            "kernel_gbps": 2500.0,
+            "call_gbps": 400.0,
+            "copy_gbps": 3000.0,
+            "fraction_of_copy": 2500 / 3000,
+        },
+        {
+            **common,
+            "dtype": "bfloat16",
+            "variant": "ours",
+            "ms": 1.0,
+            "extra_peak_mib": 5.0,
+            "call_gbps": 300.0,
+            "graph_error": "capture failed",
+        },
+    ]
+    lines = bench.markdown_table({"device": "cuda", "results": rows}).splitlines()
+    assert lines[0].endswith("| kernel GB/s | call GB/s | copy GB/s | kernel of copy |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert lines[2].endswith("| 100.0 | 1.00 | 0.5 |  |  |  |  |")
+    assert lines[3].endswith("| 2500 | 400 | 3000 | 83% |")
+    assert lines[4].endswith("| failed | 300 | failed | - |")
+
+
 def test_gpu_check_rejects_unknown_arguments():
     proc = subprocess.run(
         ["bash", str(ROOT / "tools" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True, timeout=60
@@ -137,6 +181,14 @@ def _interpreter_cases() -> list[str]:
     loss, grad, flag = focal_triton.focal_loss_fwd(x, labels, 0.25, 2.0, False)
     if flag.item() != 1 or not torch.isnan(grad[7]).all() or not torch.isfinite(grad[8]).all():
         failures.append("in-kernel bad-label flag / NaN rows wrong")
+    # The kernel alone (what bench_focal times for bandwidth): same gradient and loss as the public call.
+    x, labels = case(45, 20)
+    launch = focal_triton.kernel_only(x, labels, 0.25, 2.0)
+    partial = launch()
+    loss, grad, _ = focal_triton.focal_loss_fwd(x, labels, 0.25, 2.0, False)
+    launch()  # repeatable: the buffers are overwritten, not accumulated
+    if not torch.allclose(launch().sum(), loss) or not torch.equal(partial, launch()):
+        failures.append("kernel_only: loss sum differs from focal_loss_fwd or between calls")
     # Empty batch.
     empty = torch.zeros(0, 5, requires_grad=True)
     out = sigmoid_focal_loss(empty, torch.zeros(0, dtype=torch.int64), backend="triton")

@@ -10,6 +10,7 @@ shape is used.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 import triton
@@ -169,6 +170,19 @@ def _pick_config(x, labels, grad, loss, bad, alpha, gamma, write_loss) -> tuple[
         best = min(timings, key=timings.get)
         _best[key] = best
     return best
+
+
+def kernel_only(
+    x: torch.Tensor, labels: torch.Tensor, alpha: float | None, gamma: float
+) -> Callable[[], torch.Tensor]:
+    """A zero-argument call of the kernel alone (loss partial sums + gradient into buffers allocated here),
+    for measuring the kernel's bandwidth without `focal_loss_fwd`'s allocations, reduction and checks."""
+    x = x.detach().contiguous()
+    labels = labels.contiguous()
+    grad = torch.empty_like(x)
+    bad = torch.zeros(1, dtype=torch.int32, device=x.device)
+    block_n, warps = _pick_config(x, labels, grad, grad, bad, alpha, gamma, False)
+    return lambda: _launch(x, labels, grad, grad, bad, alpha, gamma, False, block_n, warps)
 
 
 def focal_loss_fwd(
