@@ -516,7 +516,7 @@ def fmt_spread(summary: Mapping[str, Any]) -> str:
     """A `seed_summary` as a cell: 'mean ± std (min-max)', or just the value when one seed has it."""
     if summary["mean"] is None:
         return "-"
-    if summary.get("n", len(summary["values"])) == 1:
+    if summary["n"] == 1:
         return fmt(summary["mean"])
     return f"{fmt(summary['mean'])} ± {fmt(summary['std'])} ({fmt(summary['min'])}-{fmt(summary['max'])})"
 
