@@ -9,6 +9,8 @@ loss-ablation grid, per-anchor focal losses of a trained RetinaNet, and markdown
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import math
 import platform
@@ -30,6 +32,7 @@ __all__ = [
     "Variant",
     "anchor_logits_and_labels",
     "best_alpha_per_gamma",
+    "config_fingerprint",
     "count_gflops",
     "curve_crossings",
     "evaluate_at_sizes",
@@ -155,6 +158,15 @@ def finished_run(name: str, cfg: Config) -> TrainedModel | None:
 
 
 OUTPUT_LOCATION = ("dir", "name", "weights_dir", "progress_bar")
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """SHA-256 of the config that decides how a run trains (all but where it is written): a recorded result
+    carries it, so a study can take the result back later without the weights (`tools/ablate_loss.py`)."""
+    fields = dataclasses.asdict(cfg)
+    for key in OUTPUT_LOCATION:
+        del fields["output"][key]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _without_location(cfg: Config) -> Config:

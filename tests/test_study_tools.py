@@ -401,6 +401,7 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatc
     report = json.loads((out / "ablation.json").read_text())
     assert [len(r["seeds"]) for r in report["results"]] == [2, 2]
     assert report["results"][0]["prior"] == 0.01
+    assert all(len(s["config_sha256"]) == 64 for r in report["results"] for s in r["seeds"])
     run_dirs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
     assert run_dirs == ["fl_g2_a0.25_s0", "fl_g2_a0.25_s1", "ohem_b32_s0", "ohem_b32_s1"]
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
@@ -501,3 +502,63 @@ def test_ablate_loss_reports_a_diverged_run_instead_of_crashing(tmp_path, monkey
     assert [(r[0], r[5], r[7]) for r in rows] == [("ce", "-", "0/1"), ("fl_g2_a0.25", "-", "0/1")]
     report = json.loads((out / "ablation.json").read_text())
     assert "non-finite" in report["results"][0]["seeds"][0]["diverged"]
+
+
+def test_ablate_loss_takes_back_recorded_seeds_of_the_same_config(tmp_path, monkeypatch, capsys):
+    """--recorded: a seed recorded with this run's config fingerprint is tabled as recorded (no weights, no
+    training); one recorded with another config is not used; the output records the fingerprints again."""
+
+    def no_training(name, cfg, reuse=False):
+        raise AssertionError(f"{name} was trained")
+
+    monkeypatch.setattr(study, "train_variant", no_training)
+    work, out = tmp_path / "work", tmp_path / "docs"
+    common = ["train.max_steps=7"]
+    (ce,) = [v for v in study.loss_grid() if v.name == "ce"]
+    trees = str(REPO / "configs" / "retinanet_mbv2_trees.yaml")
+    variant = study.Variant(ce.name, ce.name, trees, ce.overrides)
+
+    def fingerprint_of(overrides: list[str], work_dir: Path, seed: int) -> str:
+        cfg = study.study_config(variant, overrides, work_dir, seed=seed, tag=f"s{seed}")
+        return study.config_fingerprint(cfg)
+
+    fingerprint, other = fingerprint_of(common, work, 0), fingerprint_of(["train.max_steps=8"], work, 1)
+    assert len({fingerprint, other, fingerprint_of(common, work, 1)}) == 3  # schedule and seed count
+    assert fingerprint == fingerprint_of(common, tmp_path / "elsewhere", 0)  # where it is written does not
+
+    def record(seed: int, voc_ap: float, sha: str) -> dict:
+        coco = {"AP": voc_ap / 3, "AP50": voc_ap, "AP75": voc_ap / 4}
+        return {"seed": seed, "voc_ap": voc_ap, "voc_ap_07": voc_ap, "coco": coco, "config_sha256": sha}
+
+    recorded = tmp_path / "earlier.json"
+    seeds = [record(0, 0.25, fingerprint), record(1, 0.5, other)]
+    recorded.write_text(json.dumps({"results": [{"name": "ce", "seeds": seeds}]}))
+    argv = ["--only", "ce", "--seeds", "0", "1", "--table-only", "--out", str(out), "--work-dir", str(work)]
+    tool = load_tool("ablate_loss")
+    assert tool.main([*argv, "--recorded", str(recorded), *common]) == 0
+    assert "with another config: not used" in capsys.readouterr().out
+    (row,) = table_rows((out / "ablation.md").read_text(), "variant")
+    assert (row[0], row[5], row[7]) == ("ce", "0.250", "1/2")
+    report = json.loads((out / "ablation.json").read_text())
+    assert report["results"][0]["seeds"][0] == seeds[0] and report["results"][0]["seeds"][1]["not_run"]
+
+    # the output is itself a record: taken back, it gives the same table
+    md = (out / "ablation.md").read_text()
+    shutil.copy(out / "ablation.json", tmp_path / "again.json")
+    assert tool.main([*argv, "--recorded", str(tmp_path / "again.json"), *common]) == 0
+    assert (out / "ablation.md").read_text().replace("again.json", "earlier.json") == md
+
+    # a file that cannot answer is an error naming it
+    legacy = tmp_path / "legacy.json"
+    unmarked = [{**seeds[0], "config_sha256": None}]
+    legacy.write_text(json.dumps({"results": [{"name": "ce", "seeds": unmarked}]}))
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "other.json").write_text("[]")
+    for name, message in [
+        ("legacy.json", "ce seed 0 has no config_sha256"),
+        ("broken.json", "not JSON"),
+        ("other.json", "not an ablation.json of this tool"),
+        ("missing.json", "cannot read it"),
+    ]:
+        assert tool.main([*argv, "--recorded", str(tmp_path / name), *common]) == 2
+        assert f"--recorded {tmp_path / name}: {message}" in capsys.readouterr().err

@@ -19,11 +19,14 @@ about 11 min on a 2-core CPU (the demo's recipe, measured), so one seed is about
 `--only NAME ...`, or run it on a GPU. With `--reuse`, runs that already finished in --work-dir are
 evaluated instead of trained again: stop the grid any time and rerun the same command (more --seeds too).
 `--table-only` trains nothing: it tables the runs that finished and lists the rest as not run yet.
+`--recorded FILE` takes seeds from an earlier ablation.json (each seed records the fingerprint of the
+config it trained with) where the config is the same, so results outlive the work dir's weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -56,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train nothing: table the runs in --work-dir that finished with exactly this config "
         "(as --reuse) and list the others as not run yet (a partial grid, or seeds still missing)",
+    )
+    parser.add_argument(
+        "--recorded",
+        metavar="JSON",
+        help="an earlier ablation.json: its finished seeds whose recorded config fingerprint equals this "
+        "run's are taken as they are, neither trained nor evaluated again (their weights may be gone)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args(argv)
@@ -96,13 +105,22 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"--only: {unknown} not in the grid {[v.name for v in grid]}")
         grid = [v for v in grid if v.name in args.only]
+    recorded = read_recorded(Path(args.recorded)) if args.recorded else {}
     results = []
     for lv in grid:
         per_seed = []
         for seed in args.seeds:
             variant = study.Variant(lv.name, lv.name, args.config, lv.overrides)
             cfg = study.study_config(variant, args.overrides, args.work_dir, seed=seed, tag=f"s{seed}")
+            fingerprint = study.config_fingerprint(cfg)
             print(f"== {lv.name} seed {seed}", flush=True)
+            earlier = recorded.get((lv.name, seed))
+            if earlier is not None and earlier["config_sha256"] == fingerprint:
+                print(f"   recorded in {args.recorded}", flush=True)
+                per_seed.append(earlier)
+                continue
+            if earlier is not None:
+                print(f"   recorded in {args.recorded} with another config: not used", flush=True)
             try:
                 if args.table_only:
                     trained = study.finished_run(lv.name, cfg)
@@ -125,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
                     "coco": ev["coco"],
                     "fit_seconds": trained.fit_seconds,
                     "steps": trained.steps,
+                    "config_sha256": fingerprint,
                 }
             )
         results.append(
@@ -162,6 +181,28 @@ def run(args: argparse.Namespace) -> int:
     print(markdown)
     print(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}, {png}")
     return 0
+
+
+def read_recorded(path: Path) -> dict[tuple[str, int], dict]:
+    """The finished seeds of an earlier ablation.json by (variant, seed); each must carry the fingerprint of
+    its config (`config_sha256`), since only that says whether it answers this run's question."""
+    try:
+        report = json.loads(path.read_text())
+        seeds = [(str(r["name"]), s) for r in report["results"] for s in r["seeds"]]
+        records = {(name, int(s["seed"])): s for name, s in seeds if _finished(s)}
+    except OSError as err:
+        raise ValueError(f"--recorded {path}: cannot read it ({err.strerror})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--recorded {path}: not JSON ({err})") from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"--recorded {path}: not an ablation.json of this tool ({err!r})") from err
+    for (name, seed), s in records.items():
+        if not isinstance(s.get("config_sha256"), str):
+            raise ValueError(
+                f"--recorded {path}: {name} seed {seed} has no config_sha256 (the fingerprint of the config "
+                "it trained with), so it cannot be matched to this run's config"
+            )
+    return records
 
 
 def _missing(seed: int, **why: object) -> dict:
