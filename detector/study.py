@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import platform
@@ -32,7 +31,6 @@ __all__ = [
     "Variant",
     "anchor_logits_and_labels",
     "best_alpha_per_gamma",
-    "config_fingerprint",
     "count_gflops",
     "curve_crossings",
     "evaluate_at_sizes",
@@ -49,6 +47,8 @@ __all__ = [
     "study_config",
     "time_train_steps",
     "train_variant",
+    "trained_with",
+    "training_config",
     "write_json",
 ]
 
@@ -160,13 +160,25 @@ def finished_run(name: str, cfg: Config) -> TrainedModel | None:
 OUTPUT_LOCATION = ("dir", "name", "weights_dir", "progress_bar")
 
 
-def config_fingerprint(cfg: Config) -> str:
-    """SHA-256 of the config that decides how a run trains (all but where it is written): a recorded result
+def training_config(cfg: Config) -> dict[str, Any]:
+    """The config that decides how a run trains (all but where it is written), JSON-ready: a recorded result
     carries it, so a study can take the result back later without the weights (`tools/ablate_loss.py`)."""
     fields = dataclasses.asdict(cfg)
     for key in OUTPUT_LOCATION:
         del fields["output"][key]
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    return fields
+
+
+def trained_with(recorded: Mapping[str, Any], cfg: Config) -> bool:
+    """Whether a recorded `training_config` is `cfg`'s. Fields added to the config since take their defaults
+    (as for old weights in `finished_run`); a record the config cannot read any more matches nothing."""
+    from detector.config import ConfigError, from_yaml
+
+    try:
+        stored = from_yaml(json.dumps(dict(recorded)))
+    except ConfigError:
+        return False
+    return _without_location(stored) == _without_location(cfg)
 
 
 def _without_location(cfg: Config) -> Config:

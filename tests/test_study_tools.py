@@ -3,6 +3,7 @@ torchvision's RetinaNet behind our interface. End-to-end runs use generated VOC 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -401,7 +402,7 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatc
     report = json.loads((out / "ablation.json").read_text())
     assert [len(r["seeds"]) for r in report["results"]] == [2, 2]
     assert report["results"][0]["prior"] == 0.01
-    assert all(len(s["config_sha256"]) == 64 for r in report["results"] for s in r["seeds"])
+    assert all(s["config"]["train"]["seed"] == s["seed"] for r in report["results"] for s in r["seeds"])
     run_dirs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
     assert run_dirs == ["fl_g2_a0.25_s0", "fl_g2_a0.25_s1", "ohem_b32_s0", "ohem_b32_s1"]
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
@@ -505,8 +506,8 @@ def test_ablate_loss_reports_a_diverged_run_instead_of_crashing(tmp_path, monkey
 
 
 def test_ablate_loss_takes_back_recorded_seeds_of_the_same_config(tmp_path, monkeypatch, capsys):
-    """--recorded: a seed recorded with this run's config fingerprint is tabled as recorded (no weights, no
-    training); one recorded with another config is not used; the output records the fingerprints again."""
+    """--recorded: a seed recorded with this run's config is tabled as recorded (no weights, no training); one
+    recorded with another config is not used; the output records the configs again."""
 
     def no_training(name, cfg, reuse=False):
         raise AssertionError(f"{name} was trained")
@@ -518,20 +519,27 @@ def test_ablate_loss_takes_back_recorded_seeds_of_the_same_config(tmp_path, monk
     trees = str(REPO / "configs" / "retinanet_mbv2_trees.yaml")
     variant = study.Variant(ce.name, ce.name, trees, ce.overrides)
 
-    def fingerprint_of(overrides: list[str], work_dir: Path, seed: int) -> str:
-        cfg = study.study_config(variant, overrides, work_dir, seed=seed, tag=f"s{seed}")
-        return study.config_fingerprint(cfg)
+    def config_of(overrides: list[str], work_dir: Path, seed: int):
+        return study.study_config(variant, overrides, work_dir, seed=seed, tag=f"s{seed}")
 
-    fingerprint, other = fingerprint_of(common, work, 0), fingerprint_of(["train.max_steps=8"], work, 1)
-    assert len({fingerprint, other, fingerprint_of(common, work, 1)}) == 3  # schedule and seed count
-    assert fingerprint == fingerprint_of(common, tmp_path / "elsewhere", 0)  # where it is written does not
+    this = config_of(common, work, 0)
+    recorded_cfg = study.training_config(this)
+    assert json.loads(json.dumps(recorded_cfg)) == recorded_cfg  # JSON-ready
+    assert study.trained_with(recorded_cfg, config_of(common, tmp_path / "elsewhere", 0))  # location aside
+    assert not study.trained_with(recorded_cfg, config_of(common, work, 1))
+    older = copy.deepcopy(recorded_cfg)
+    del older["model"]["loss"]["ohem_budget"]  # a field added later takes its default, as for old weights
+    assert study.trained_with(older, this)
+    older["model"]["loss"]["retired_option"] = 1  # a field the config no longer has: matches nothing
+    assert not study.trained_with(older, this)
+    other = study.training_config(config_of(["train.max_steps=8"], work, 1))
 
-    def record(seed: int, voc_ap: float, sha: str) -> dict:
+    def record(seed: int, voc_ap: float, config: dict) -> dict:
         coco = {"AP": voc_ap / 3, "AP50": voc_ap, "AP75": voc_ap / 4}
-        return {"seed": seed, "voc_ap": voc_ap, "voc_ap_07": voc_ap, "coco": coco, "config_sha256": sha}
+        return {"seed": seed, "voc_ap": voc_ap, "voc_ap_07": voc_ap, "coco": coco, "config": config}
 
     recorded = tmp_path / "earlier.json"
-    seeds = [record(0, 0.25, fingerprint), record(1, 0.5, other)]
+    seeds = [record(0, 0.25, recorded_cfg), record(1, 0.5, other)]
     recorded.write_text(json.dumps({"results": [{"name": "ce", "seeds": seeds}]}))
     argv = ["--only", "ce", "--seeds", "0", "1", "--table-only", "--out", str(out), "--work-dir", str(work)]
     tool = load_tool("ablate_loss")
@@ -550,12 +558,12 @@ def test_ablate_loss_takes_back_recorded_seeds_of_the_same_config(tmp_path, monk
 
     # a file that cannot answer is an error naming it
     legacy = tmp_path / "legacy.json"
-    unmarked = [{**seeds[0], "config_sha256": None}]
+    unmarked = [{**seeds[0], "config": None}]
     legacy.write_text(json.dumps({"results": [{"name": "ce", "seeds": unmarked}]}))
     (tmp_path / "broken.json").write_text("{")
     (tmp_path / "other.json").write_text("[]")
     for name, message in [
-        ("legacy.json", "ce seed 0 has no config_sha256"),
+        ("legacy.json", "ce seed 0 records no config"),
         ("broken.json", "not JSON"),
         ("other.json", "not an ablation.json of this tool"),
         ("missing.json", "cannot read it"),

@@ -19,8 +19,8 @@ about 11 min on a 2-core CPU (the demo's recipe, measured), so one seed is about
 `--only NAME ...`, or run it on a GPU. With `--reuse`, runs that already finished in --work-dir are
 evaluated instead of trained again: stop the grid any time and rerun the same command (more --seeds too).
 `--table-only` trains nothing: it tables the runs that finished and lists the rest as not run yet.
-`--recorded FILE` takes seeds from an earlier ablation.json (each seed records the fingerprint of the
-config it trained with) where the config is the same, so results outlive the work dir's weights.
+`--recorded FILE` takes seeds from an earlier ablation.json (each seed records the config it trained
+with) where the config is the same, so results outlive the work dir's weights.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--recorded",
         metavar="JSON",
-        help="an earlier ablation.json: its finished seeds whose recorded config fingerprint equals this "
-        "run's are taken as they are, neither trained nor evaluated again (their weights may be gone)",
+        help="an earlier ablation.json: its finished seeds whose recorded config equals this run's are "
+        "taken as they are, neither trained nor evaluated again (their weights may be gone)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args(argv)
@@ -112,10 +112,9 @@ def run(args: argparse.Namespace) -> int:
         for seed in args.seeds:
             variant = study.Variant(lv.name, lv.name, args.config, lv.overrides)
             cfg = study.study_config(variant, args.overrides, args.work_dir, seed=seed, tag=f"s{seed}")
-            fingerprint = study.config_fingerprint(cfg)
             print(f"== {lv.name} seed {seed}", flush=True)
             earlier = recorded.get((lv.name, seed))
-            if earlier is not None and earlier["config_sha256"] == fingerprint:
+            if earlier is not None and study.trained_with(earlier["config"], cfg):
                 print(f"   recorded in {args.recorded}", flush=True)
                 per_seed.append(earlier)
                 continue
@@ -143,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                     "coco": ev["coco"],
                     "fit_seconds": trained.fit_seconds,
                     "steps": trained.steps,
-                    "config_sha256": fingerprint,
+                    "config": study.training_config(cfg),
                 }
             )
         results.append(
@@ -184,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def read_recorded(path: Path) -> dict[tuple[str, int], dict]:
-    """The finished seeds of an earlier ablation.json by (variant, seed); each must carry the fingerprint of
-    its config (`config_sha256`), since only that says whether it answers this run's question."""
+    """The finished seeds of an earlier ablation.json by (variant, seed); each must carry the config it
+    trained with (`config`), since only that says whether it answers this run's question."""
     try:
         report = json.loads(path.read_text())
         seeds = [(str(r["name"]), s) for r in report["results"] for s in r["seeds"]]
@@ -197,10 +196,10 @@ def read_recorded(path: Path) -> dict[tuple[str, int], dict]:
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"--recorded {path}: not an ablation.json of this tool ({err!r})") from err
     for (name, seed), s in records.items():
-        if not isinstance(s.get("config_sha256"), str):
+        if not isinstance(s.get("config"), dict):
             raise ValueError(
-                f"--recorded {path}: {name} seed {seed} has no config_sha256 (the fingerprint of the config "
-                "it trained with), so it cannot be matched to this run's config"
+                f"--recorded {path}: {name} seed {seed} records no config (the one it trained with), so it "
+                "cannot be matched to this run's"
             )
     return records
 
