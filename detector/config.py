@@ -54,6 +54,9 @@ class LossConfig:
     prior: float = 0.01  # classifier bias init: every anchor starts at p = prior
     ohem_neg_pos_ratio: float = 3.0
     ohem_budget: int = 0  # > 0: fixed number of anchors per image instead of the ratio rule
+    # > 0: before OHEM picks, an NMS at this IoU over the candidate anchors (scored by their CE) keeps one
+    # anchor per hard spot, as in the focal-loss paper's OHEM (its best: 0.5); 0: no NMS
+    ohem_nms: float = 0.0
     box: str = "smooth_l1"  # smooth_l1 | l1 | giou
     smooth_l1_beta: float = 1.0 / 9.0
     box_weight: float = 1.0
@@ -165,6 +168,7 @@ def _validate(cfg: Config) -> None:
         (cfg.model.head.norm in ("none", "group"), "model.head.norm", "none or group"),
         (cfg.model.loss.cls in ("focal", "ohem"), "model.loss.cls", "focal or ohem"),
         (cfg.model.loss.box in ("smooth_l1", "l1", "giou"), "model.loss.box", "smooth_l1, l1 or giou"),
+        (0.0 <= cfg.model.loss.ohem_nms <= 1.0, "model.loss.ohem_nms", "an IoU in [0, 1] (0: no NMS)"),
         (cfg.model.loss.normalize in ("batch", "image"), "model.loss.normalize", "batch or image"),
         (len(cfg.model.anchors.sizes) == 5, "model.anchors.sizes", "five sizes, one per level P3..P7"),
         (cfg.data.size > 0 and cfg.data.size % 32 == 0, "data.size", "a positive multiple of 32"),

@@ -318,7 +318,7 @@ class LossVariant:
     alpha: float | None
     gamma: float
     overrides: tuple[str, ...] = field(default=())
-    ohem: str = ""  # "1:3" or "budget N"
+    ohem: str = ""  # "1:3" or "budget N", with ", NMS T" when an NMS precedes the pick
 
 
 def _num(x: float) -> str:
@@ -331,8 +331,10 @@ def loss_grid(
     focal_alphas: Sequence[float] = (0.25, 0.5, 0.75),
     ohem_ratios: Sequence[float] = (3.0,),
     ohem_budgets: Sequence[int] = (256,),
+    ohem_nms: Sequence[float] = (0.5,),
 ) -> list[LossVariant]:
-    """The ablation's variants: CE; alpha-balanced CE per alpha; FL per (gamma, alpha); OHEM (ratio, budget).
+    """The ablation's variants: CE; alpha-balanced CE per alpha; FL per (gamma, alpha); OHEM per ratio and
+    budget, each also with an NMS over the anchors before the pick at each `ohem_nms` IoU (the paper's).
 
     Only `model.loss.*` changes between variants; the prior initialization (`model.loss.prior`) is the
     config's for all of them, as in the paper's Table 1.
@@ -363,30 +365,35 @@ def loss_grid(
                     ("model.loss.cls=focal", f"model.loss.gamma={g}", f"model.loss.alpha={a}"),
                 )
             )
-    for r in ohem_ratios:
-        variants.append(
-            LossVariant(
-                f"ohem_1to{_num(r)}",
-                "ohem",
-                None,
-                0.0,
-                ("model.loss.cls=ohem", f"model.loss.ohem_neg_pos_ratio={r}", "model.loss.ohem_budget=0"),
-                ohem=f"1:{_num(r)}",
-            )
-        )
     for n in ohem_budgets:
         if n <= 0:
             raise ValueError(f"OHEM budgets must be positive anchor counts per image, got {n}")
-        variants.append(
-            LossVariant(
-                f"ohem_b{int(n)}",
-                "ohem",
-                None,
-                0.0,
-                ("model.loss.cls=ohem", f"model.loss.ohem_budget={int(n)}"),
-                ohem=f"budget {int(n)}",
-            )
+    if any(not 0.0 < t <= 1.0 for t in ohem_nms):
+        raise ValueError(f"OHEM NMS IoU thresholds must be in (0, 1], got {list(ohem_nms)}")
+    rules = [
+        (
+            f"ohem_1to{_num(r)}",
+            f"1:{_num(r)}",
+            ("model.loss.cls=ohem", f"model.loss.ohem_neg_pos_ratio={r}", "model.loss.ohem_budget=0"),
         )
+        for r in ohem_ratios
+    ] + [
+        (f"ohem_b{int(n)}", f"budget {int(n)}", ("model.loss.cls=ohem", f"model.loss.ohem_budget={int(n)}"))
+        for n in ohem_budgets
+    ]
+    for name, ohem, overrides in rules:
+        variants.append(LossVariant(name, "ohem", None, 0.0, overrides, ohem=ohem))
+        for t in ohem_nms:
+            variants.append(
+                LossVariant(
+                    f"{name}_nms{_num(t)}",
+                    "ohem",
+                    None,
+                    0.0,
+                    (*overrides, f"model.loss.ohem_nms={t}"),
+                    ohem=f"{ohem}, NMS {_num(t)}",
+                )
+            )
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"the ablation grid has repeated variants: {names}")

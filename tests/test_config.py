@@ -77,6 +77,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
         (["train.precision=8-bit"], "train.precision"),
         (["model.anchors.sizes=[1,2]"], "model.anchors.sizes"),
         (["model.loss.normalize=anchor"], "model.loss.normalize"),
+        (["model.loss.ohem_nms=1.5"], "model.loss.ohem_nms"),
     ],
 )
 def test_bad_override_is_a_config_error_naming_the_key(overrides, named):

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.ops import nms
 
 from detector.config import ModelConfig
 from detector.models import build_model
-from detector.models.retinanet import RetinaNet
+from detector.models.retinanet import RetinaNet, hardest_after_nms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,7 @@ def test_ohem_keeps_positives_and_hardest_negatives() -> None:
     labels = torch.tensor([[0, -1, -1, -1, -1, -1, -2, 2], [-1, -1, -1, -1, -1, -1, -1, -1]])
     logits = torch.zeros(16, 3)
     logits[:, 0] = torch.arange(16.0)  # higher logit = harder negative
-    kept = model.ohem_select(logits, labels)
+    kept = model.ohem_select(logits, labels, torch.zeros(8, 4))  # anchors: only an NMS would look
     assert kept[0].tolist() == [0, -2, -2, -2, -1, -1, -2, 2]  # 2 positives: the 2 hardest negatives
     assert kept[1].tolist() == [-2, -2, -2, -2, -2, -2, -2, -1]  # no positive: as many as for one
     model.train()
@@ -147,7 +148,42 @@ def test_ohem_budget() -> None:
     model = build_model(cfg, num_classes=3)
     labels = torch.tensor([[0, -1, -1, -2]])
     logits = torch.tensor([[-5.0, 0, 0], [9.0, 0, 0], [1.0, 0, 0], [20.0, 0, 0]])
-    assert model.ohem_select(logits, labels).tolist() == [[0, -1, -2, -2]]
+    assert model.ohem_select(logits, labels, torch.zeros(4, 4)).tolist() == [[0, -1, -2, -2]]
+
+
+def test_ohem_nms_picks_one_anchor_per_hard_spot() -> None:
+    """The two hardest anchors overlap (IoU 0.91): without NMS a budget of 2 takes both, with NMS 0.5 the
+    second pick is the next hardest spot; the ratio rule still keeps every positive."""
+    cfg = small_cfg()
+    cfg.loss.cls, cfg.loss.ohem_budget = "ohem", 2
+    model = build_model(cfg, num_classes=1)
+    anchors = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 11], [20, 20, 30, 30], [40, 40, 50, 50.0]])
+    logits = torch.tensor([[9.0], [8.0], [1.0], [0.0]])  # CE of a negative grows with its logit
+    labels = torch.full((1, 4), -1)
+    assert model.ohem_select(logits, labels, anchors).tolist() == [[-1, -1, -2, -2]]
+    model.ohem_nms = 0.5
+    assert model.ohem_select(logits, labels, anchors).tolist() == [[-1, -2, -1, -2]]
+    model.ohem_budget, model.ohem_neg_pos_ratio = 0, 2.0
+    labels = torch.tensor([[-1, -1, -1, 0]])
+    assert model.ohem_select(logits, labels, anchors).tolist() == [[-1, -2, -1, 0]]
+    with pytest.raises(ValueError, match="OHEM NMS IoU"):
+        RetinaNet(model.backbone, num_classes=1, ohem_nms=1.5)
+
+
+def test_hardest_after_nms_picks_what_an_nms_over_all_candidates_picks_first() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.rand(40, 2, generator=gen) * 300  # clusters of boxes: NMS removes most of each
+    xy = centers.repeat_interleave(25, 0) + torch.randn(1000, 2, generator=gen) * 4
+    wh = 20 + torch.rand(1000, 2, generator=gen) * 20
+    boxes = torch.cat([xy - wh / 2, xy + wh / 2], dim=1)
+    score = torch.rand(1000, generator=gen)
+    score[torch.rand(1000, generator=gen) < 0.3] = -1.0  # not candidates
+    candidates = torch.nonzero(score >= 0).squeeze(1)
+    full = candidates[nms(boxes[candidates], score[candidates], 0.5)]
+    assert 40 <= len(full) < 200
+    for count in (0, 1, 7, 60, len(full), 500):
+        picked = hardest_after_nms(score, boxes, count, 0.5)
+        assert picked.tolist() == full[:count].tolist(), count
 
 
 @pytest.mark.parametrize("cls_loss", ["focal", "ohem"])

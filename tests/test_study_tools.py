@@ -216,14 +216,18 @@ def test_the_default_loss_grid_is_the_papers_and_every_variant_loads():
     grid = study.loss_grid()
     names = [v.name for v in grid]
     assert names[:4] == ["ce", "ce_a0.25", "ce_a0.5", "ce_a0.75"]
-    assert len([v for v in grid if v.family == "focal"]) == 12 and names[-2:] == ["ohem_1to3", "ohem_b256"]
+    assert len([v for v in grid if v.family == "focal"]) == 12
+    assert names[-4:] == ["ohem_1to3", "ohem_1to3_nms0.5", "ohem_b256", "ohem_b256_nms0.5"]
     by_name = {v.name: v for v in grid}
     ce = load_config(None, list(by_name["ce"].overrides)).model.loss
     assert (ce.cls, ce.alpha, ce.gamma) == ("focal", None, 0.0)
     fl = load_config(None, list(by_name["fl_g5_a0.5"].overrides)).model.loss
     assert (fl.alpha, fl.gamma) == (0.5, 5.0)
     ohem = load_config(None, list(by_name["ohem_b256"].overrides)).model.loss
-    assert (ohem.cls, ohem.ohem_budget) == ("ohem", 256)
+    assert (ohem.cls, ohem.ohem_budget, ohem.ohem_nms) == ("ohem", 256, 0.0)
+    ohem = load_config(None, list(by_name["ohem_1to3_nms0.5"].overrides)).model.loss
+    assert (ohem.ohem_budget, ohem.ohem_neg_pos_ratio, ohem.ohem_nms) == (0, 3.0, 0.5)
+    assert by_name["ohem_b256_nms0.5"].ohem == "budget 256, NMS 0.5"
     with pytest.raises(ValueError, match="repeated"):
         study.loss_grid(ce_alphas=(0.5, 0.5))
 
@@ -383,14 +387,14 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatc
         "--ohem-budgets",
         "32",
     ]
-    argv += ["--only", "fl_g2_a0.25", "ohem_b32", "--seeds", "0", "1", "--out", str(out)]
+    argv += ["--only", "fl_g2_a0.25", "ohem_b32_nms0.5", "--seeds", "0", "1", "--out", str(out)]
     argv += ["--work-dir", str(tmp_path / "work"), *common_overrides(data, tmp_path, size=64)]
     assert load_tool("ablate_loss").main(argv) == 0
     md = (out / "ablation.md").read_text()
     rows = table_rows(md, "variant")
     assert [r[:5] for r in rows] == [
         ["fl_g2_a0.25", "FL", "0.25", "2.0", "-"],
-        ["ohem_b32", "OHEM (CE)", "-", "0.0", "budget 32"],
+        ["ohem_b32_nms0.5", "OHEM (CE)", "-", "0.0", "budget 32, NMS 0.5"],
     ]
     for row in rows:  # mean ± std (min-max) over the two seeds
         m = re.fullmatch(r"([\d.]+) ± ([\d.]+) \(([\d.]+)-([\d.]+)\)", row[5])
@@ -404,7 +408,7 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatc
     assert report["results"][0]["prior"] == 0.01
     assert all(s["config"]["train"]["seed"] == s["seed"] for r in report["results"] for s in r["seeds"])
     run_dirs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
-    assert run_dirs == ["fl_g2_a0.25_s0", "fl_g2_a0.25_s1", "ohem_b32_s0", "ohem_b32_s1"]
+    assert run_dirs == ["fl_g2_a0.25_s0", "fl_g2_a0.25_s1", "ohem_b32_nms0.5_s0", "ohem_b32_nms0.5_s1"]
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
 
     # --reuse: the same command with one more seed trains only that seed and reads the others back
@@ -415,7 +419,7 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatc
     seeds_at = argv.index("--seeds")
     again = [*argv[: seeds_at + 3], "2", *argv[seeds_at + 3 :], "--reuse"]
     assert load_tool("ablate_loss").main(again) == 0
-    assert fitted == ["fl_g2_a0.25_s2", "ohem_b32_s2"]
+    assert fitted == ["fl_g2_a0.25_s2", "ohem_b32_nms0.5_s2"]
     reused = json.loads((out / "ablation.json").read_text())["results"]
     for before, after in zip(report["results"], reused, strict=True):
         assert after["seeds"][:2] == before["seeds"]  # same weights, same evaluation, same steps and time
@@ -436,13 +440,14 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatc
     partial[seeds_at + 1 : seeds_at + 3] = ["1", "3"]
     partial[partial.index("--only") + 1] = "fl_g2_a0.5"
     assert load_tool("ablate_loss").main(partial) == 0
-    assert fitted == ["fl_g2_a0.25_s2", "ohem_b32_s2"]
+    assert fitted == ["fl_g2_a0.25_s2", "ohem_b32_nms0.5_s2"]
     md = (out / "ablation.md").read_text()
     rows = {r[0]: r for r in table_rows(md, "variant")}
-    assert set(rows) == {"fl_g2_a0.5", "ohem_b32"}
+    assert set(rows) == {"fl_g2_a0.5", "ohem_b32_nms0.5"}
     assert (rows["fl_g2_a0.5"][5], rows["fl_g2_a0.5"][7]) == ("-", "0/2")
-    assert rows["ohem_b32"][5] == study.fmt(reused[1]["seeds"][1]["voc_ap"]) and rows["ohem_b32"][7] == "1/2"
-    assert "Not run yet: fl_g2_a0.5 (seed 1, 3); ohem_b32 (seed 3)." in md
+    ohem = rows["ohem_b32_nms0.5"]
+    assert ohem[5] == study.fmt(reused[1]["seeds"][1]["voc_ap"]) and ohem[7] == "1/2"
+    assert "Not run yet: fl_g2_a0.5 (seed 1, 3); ohem_b32_nms0.5 (seed 3)." in md
     assert json.loads((out / "ablation.json").read_text())["results"][1]["seeds"][1]["not_run"] is True
 
 

@@ -42,6 +42,7 @@ def build_retinanet(model_cfg: Any, num_classes: int) -> RetinaNet:
         prior=loss.prior,
         ohem_neg_pos_ratio=loss.ohem_neg_pos_ratio,
         ohem_budget=loss.ohem_budget,
+        ohem_nms=loss.ohem_nms,
         box_loss=loss.box,
         smooth_l1_beta=loss.smooth_l1_beta,
         box_weight=loss.box_weight,
