@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["add_reuse_option", "fail", "format_table", "print_eval_report", "print_table", "save_pr_curves"]
+__all__ = [
+    "add_reuse_option",
+    "fail",
+    "format_table",
+    "print_eval_report",
+    "print_table",
+    "run_reporting_errors",
+    "save_pr_curves",
+]
 
 
 def _numeric(cell: str) -> bool:
@@ -54,6 +62,19 @@ def add_reuse_option(parser: argparse.ArgumentParser) -> None:
         help="load runs that already finished in --work-dir with exactly this config instead of "
         "training them again (continue an interrupted study, add seeds to it)",
     )
+
+
+def run_reporting_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """`run(args)` of a tool that reads weights and data: a bad config, data set, weights file or value
+    (weights of the wrong model type too) becomes `error: <message>` and exit code 2, not a traceback."""
+    from detector.config import ConfigError
+    from detector.data.voc import VOCFormatError
+    from detector.weights import WeightsError
+
+    try:
+        return run(args)
+    except (ConfigError, FileNotFoundError, ValueError, TypeError, VOCFormatError, WeightsError) as err:
+        return fail(err)
 
 
 def fail(err: BaseException, code: int = 2) -> int:

@@ -15,7 +15,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ __all__ = [
     "TrainedModel",
     "Variant",
     "anchor_logits_and_labels",
+    "anchor_scores",
     "best_alpha_per_gamma",
     "count_gflops",
     "curve_crossings",
@@ -477,7 +478,7 @@ def anchor_logits_and_labels(
     from detector.models.retinanet import RetinaNet, pad_targets
 
     if not isinstance(model, RetinaNet):
-        raise TypeError(f"per-anchor losses need our RetinaNet, got {type(model).__name__}")
+        raise TypeError(f"per-anchor losses and scores need our RetinaNet, got {type(model).__name__}")
     cls_logits, _, anchors, _ = model.head_outputs(images)
     gt_boxes, gt_labels, valid = pad_targets(targets, model.num_classes, cls_logits.device)
     matches = model.matcher(gt_boxes, valid, anchors)
@@ -499,27 +500,53 @@ def per_anchor_losses(
     """
     from detector.losses.focal import sigmoid_focal_loss
 
-    model.eval()
     fg: dict[float, list[np.ndarray]] = {float(g): [] for g in gammas}
     bg: dict[float, list[np.ndarray]] = {float(g): [] for g in gammas}
+    seen = 0
+    for logits, labels, n_images in _anchor_batches(model, batches, max_images):
+        seen += n_images
+        is_fg, is_bg = labels >= 0, labels == -1
+        for g in fg:
+            loss = sigmoid_focal_loss(logits, labels, alpha=None, gamma=g, reduction="none").sum(dim=1)
+            fg[g].append(loss[is_fg].double().cpu().numpy())
+            bg[g].append(loss[is_bg].double().cpu().numpy())
+    curves = {g: (np.concatenate(fg[g]), np.concatenate(bg[g])) for g in fg}
+    first = curves[next(iter(curves))]
+    return curves, {"images": seen, "foreground": int(first[0].size), "background": int(first[1].size)}
+
+
+@torch.no_grad()
+def anchor_scores(
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[dict]]], max_images: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scores of a trained RetinaNet per anchor: (foreground anchors' probability of their own class,
+    background anchors' highest class probability, images). Ignored anchors are left out. A classifier
+    that separates the two groups scores most background near 0; a collapsed one scores everything alike."""
+    fg, bg, seen = [], [], 0
+    for logits, labels, n_images in _anchor_batches(model, batches, max_images):
+        seen += n_images
+        probs = logits.sigmoid()
+        is_fg = labels >= 0
+        fg.append(probs[is_fg].gather(1, labels[is_fg, None]).squeeze(1).double().cpu().numpy())
+        bg.append(probs[labels == -1].amax(dim=1).double().cpu().numpy())
+    return np.concatenate(fg), np.concatenate(bg), seen
+
+
+def _anchor_batches(
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[dict]]], max_images: int | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(logits, labels, images) of `anchor_logits_and_labels` per batch, in eval mode, up to `max_images`."""
+    model.eval()
     seen = 0
     for images, targets in batches:
         if max_images is not None and seen >= max_images:
             break
         if max_images is not None:
             images, targets = images[: max_images - seen], targets[: max_images - seen]
-        logits, labels = anchor_logits_and_labels(model, images, targets)
         seen += images.shape[0]
-        is_fg, is_bg = labels >= 0, labels == -1
-        for g in fg:
-            loss = sigmoid_focal_loss(logits, labels, alpha=None, gamma=g, reduction="none").sum(dim=1)
-            fg[g].append(loss[is_fg].double().cpu().numpy())
-            bg[g].append(loss[is_bg].double().cpu().numpy())
+        yield (*anchor_logits_and_labels(model, images, targets), images.shape[0])
     if seen == 0:
-        raise ValueError("no images to compute losses on (empty split?)")
-    curves = {g: (np.concatenate(fg[g]), np.concatenate(bg[g])) for g in fg}
-    first = curves[next(iter(curves))]
-    return curves, {"images": seen, "foreground": int(first[0].size), "background": int(first[1].size)}
+        raise ValueError("no images to score anchors on (empty split?)")
 
 
 def hardest_shares(losses: np.ndarray, fractions: Sequence[float] = (0.01, 0.05, 0.10)) -> dict[float, float]:

@@ -451,6 +451,31 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatc
     assert json.loads((out / "ablation.json").read_text())["results"][1]["seeds"][1]["not_run"] is True
 
 
+def test_anchor_scores_reports_each_models_scores_of_both_groups(data, tmp_path, capsys):
+    """Two untrained detectors score every anchor near their prior (0.01 and 0.5): the tool's quantiles
+    come from the models' probabilities, per group, in order; both groups coincide (nothing separates)."""
+    at_prior = {}
+    for prior in (0.01, 0.5):
+        cfg = tiny_config(data, tmp_path, "data.size=96", f"model.loss.prior={prior}")
+        at_prior[prior] = untrained_weights(cfg, tmp_path / f"prior{prior}.safetensors")
+    out = tmp_path / "docs"
+    tool = load_tool("anchor_scores")
+    assert tool.main([str(at_prior[0.01]), str(at_prior[0.5]), "data.workers=0", "--out", str(out)]) == 0
+    rows = table_rows((out / "anchor_scores.md").read_text(), "weights")
+    assert [r[0] for r in rows] == ["prior0.01", "prior0.5"]
+    for row, prior in zip(rows, (0.01, 0.5), strict=True):
+        fg, bg = [float(x) for x in row[1:4]], [float(x) for x in row[4:7]]
+        assert fg == sorted(fg) and bg == sorted(bg)
+        assert all(abs(p - prior) < 0.2 * prior for p in fg + bg), (prior, fg, bg)
+        assert 0 <= float(row[9]) <= 1
+    assert rows[0][7] == "0.0%" and rows[1][7] == "100.0%"  # score threshold 0.05: above 0.01, below 0.5
+    report = json.loads((out / "anchor_scores.json").read_text())["results"]
+    assert report[0]["images"] == 2 and report[0]["background"] > 10 * report[0]["foreground"] > 0
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "missing.safetensors")])
+    assert "weights files not found" in capsys.readouterr().err
+
+
 def test_ablate_loss_rejects_bad_grids(tmp_path, capsys):
     tool = load_tool("ablate_loss")
     with pytest.raises(SystemExit):
@@ -484,10 +509,12 @@ def test_loss_distribution_needs_our_retinanet(data, tmp_path, capsys):
     assert tool.main(["--weights", str(weights), "--out", str(tmp_path / "o")]) == 2
     assert "need our RetinaNet" in capsys.readouterr().err
     assert tool.main(["--weights", str(tmp_path / "missing.safetensors")]) == 2
+    assert load_tool("anchor_scores").main([str(weights), "--out", str(tmp_path / "o")]) == 2
+    assert "need our RetinaNet" in capsys.readouterr().err
 
 
 def test_every_tool_states_its_budget_in_help(capsys):
-    for name in ("compare", "ablate_loss", "loss_distribution"):
+    for name in ("compare", "ablate_loss", "loss_distribution", "anchor_scores"):
         with pytest.raises(SystemExit) as exit_info:
             load_tool(name).main(["--help"])
         assert exit_info.value.code == 0

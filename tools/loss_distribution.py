@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from detector.cli import fail  # noqa: E402
+from detector.cli import run_reporting_errors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.01, 0.05, 0.10)
@@ -50,15 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--gammas must be >= 0, got {args.gammas}")
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images must be >= 1, got {args.max_images}")
-
-    from detector.config import ConfigError
-    from detector.data.voc import VOCFormatError
-    from detector.weights import WeightsError
-
-    try:
-        return run(args)
-    except (ConfigError, FileNotFoundError, ValueError, TypeError, VOCFormatError, WeightsError) as err:
-        return fail(err)
+    return run_reporting_errors(run, args)
 
 
 def run(args: argparse.Namespace) -> int:
