@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -310,24 +310,34 @@ def compare_detections(
     box_atol: float = 1e-2,
     score_atol: float = 1e-5,
     score_thresh: float | None = None,
+    max_detections: int | None = None,
 ) -> dict[str, float]:
     """Check two detectors' outputs agree: same detections in the same order, labels equal, boxes and scores
     close (relative `rtol` plus a small absolute floor, pixels for boxes).
 
     Detections whose scores tie (within the score tolerance) have no defined order, in PyTorch or in
     onnxruntime, so within a tie they are matched as a set. With `score_thresh`, detections scoring within
-    the tolerance of it are left out on both sides: float rounding decides whether they pass. Returns the
-    numbers of detections, tied and borderline ones and the largest differences; raises
+    the tolerance of it are left out on both sides: float rounding decides whether they pass. Likewise with
+    `max_detections` (the models' detections_per_img), for an image both cut at that many: the detections
+    within `score_atol` of the lower cut, which rounding lets in on one side and not the other. Returns the
+    numbers of detections, tied ones, ones left out at the threshold (`borderline`) and at the cut
+    (`at_cut`), and the largest differences; raises
     `ExportMismatchError` naming the first disagreement.
     """
     if len(expected) != len(actual):
         raise ExportMismatchError(f"{len(expected)} images in the reference, {len(actual)} in the export")
-    stats = {"detections": 0, "tied": 0, "borderline": 0, "max_box_diff": 0.0, "max_score_diff": 0.0}
+    stats = dict.fromkeys(("detections", "tied", "borderline", "at_cut"), 0)
+    stats |= {"max_box_diff": 0.0, "max_score_diff": 0.0}
     for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
         if score_thresh is not None:
             band = score_atol + rtol * score_thresh
             e, a = _clear_of(e, score_thresh, band), _clear_of(a, score_thresh, band)
             stats["borderline"] += e.pop("left_out") + a.pop("left_out")
+        sizes = (len(e["scores"]), len(a["scores"]))
+        if max_detections is not None and min(sizes) >= max_detections > 0:  # both cut
+            cut = min(float(torch.as_tensor(d["scores"]).min()) for d in (e, a)) + score_atol
+            e, a = _scored(e, lambda x: x > cut), _scored(a, lambda x: x > cut)  # noqa: B023
+            stats["at_cut"] += e.pop("left_out") + a.pop("left_out")
         e_boxes, a_boxes = e["boxes"].float().cpu(), torch.as_tensor(a["boxes"]).float()
         e_scores, a_scores = e["scores"].float().cpu(), torch.as_tensor(a["scores"]).float()
         e_labels, a_labels = e["labels"].cpu().long(), torch.as_tensor(a["labels"]).long()
@@ -362,10 +372,20 @@ def compare_detections(
     return stats
 
 
+def model_cut_offs(model: nn.Module) -> dict[str, Any]:
+    """The `compare_detections` arguments where a detector cuts its output: its score threshold and its
+    detections per image."""
+    return {"score_thresh": float(model.score_thresh), "max_detections": int(model.detections_per_img)}
+
+
 def _clear_of(det: Mapping[str, Any], thresh: float, band: float) -> dict[str, Any]:
     """The detections whose score is not within `band` of `thresh`, plus how many were left out."""
-    scores = torch.as_tensor(det["scores"]).float().cpu()
-    keep = (scores - thresh).abs() > band
+    return _scored(det, lambda scores: (scores - thresh).abs() > band)
+
+
+def _scored(det: Mapping[str, Any], keep_score: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+    """The detections whose score passes `keep_score`, plus how many were left out (`left_out`)."""
+    keep = keep_score(torch.as_tensor(det["scores"]).float().cpu())
     out: dict[str, Any] = {k: torch.as_tensor(det[k]).cpu()[keep] for k in ("boxes", "scores", "labels")}
     out["left_out"] = int((~keep).sum())
     return out
@@ -421,4 +441,4 @@ def verify_export(
     device = next(model.parameters()).device
     with torch.no_grad():
         expected = model.eval()(images.to(device))
-    return compare_detections(expected, detector(images), score_thresh=float(model.score_thresh))
+    return compare_detections(expected, detector(images), **model_cut_offs(model))

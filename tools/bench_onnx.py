@@ -85,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from detector.config import load_config, to_yaml
-    from detector.export import OnnxNotInstalledError, compare_detections, export_onnx, require_onnx
+    from detector.export import (
+        OnnxNotInstalledError,
+        compare_detections,
+        export_onnx,
+        model_cut_offs,
+        require_onnx,
+    )
     from detector.inference import load_detector
     from detector.models import build_model
     from detector.onnx_runtime import OnnxDetector
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch:
             x = images[:batch]
             with torch.inference_mode():
-                stats = compare_detections(model(x), detector(x), score_thresh=model.score_thresh)
+                stats = compare_detections(model(x), detector(x), **model_cut_offs(model))
             pt, ox = [], []
             for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
                 with torch.inference_mode():
