@@ -460,7 +460,7 @@ def test_anchor_scores_reports_each_models_scores_of_both_groups(data, tmp_path,
         at_prior[prior] = untrained_weights(cfg, tmp_path / f"prior{prior}.safetensors")
     out = tmp_path / "docs"
     tool = load_tool("anchor_scores")
-    assert tool.main([str(at_prior[0.01]), str(at_prior[0.5]), "data.workers=0", "--out", str(out)]) == 0
+    assert tool.main([str(at_prior[0.01]), "--out", str(out), str(at_prior[0.5]), "data.workers=0"]) == 0
     rows = table_rows((out / "anchor_scores.md").read_text(), "weights")
     assert [r[0] for r in rows] == ["prior0.01", "prior0.5"]
     for row, prior in zip(rows, (0.01, 0.5), strict=True):

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="WEIGHTS | key=value",
         help="our RetinaNet's safetensors files (tools/train.py), and data overrides (data.root=...)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # weights and overrides may come before and after options
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.overrides = [a for a in args.inputs if "=" in a and not Path(a).exists()]
     args.weights = [a for a in args.inputs if a not in args.overrides]
