@@ -16,7 +16,8 @@ as mean, sample std and min-max over the seeds, and the best alpha for each gamm
 ablation.json and ablation.png into --out; runs and weights go to --work-dir.
 
 Budget: the default grid is 20 variants; at the config's 300 steps (batch 4, 416 px, trees) each run is
-about 11 min on a 2-core CPU (the demo's recipe, measured), so one seed is about 3.7 h. Cut it with
+3-11 min on a 2-core CPU (measured: ~3.2 min on the idle AMD EPYC of 2026-11-27, ~10.5 min on the one of the
+sittings before), so one seed is 1-3.7 h. Cut it with
 `train.max_steps=N`, a smaller grid (`--gammas 2 --focal-alphas 0.25 --ce-alphas 0.75 --ohem-budgets`),
 `--only NAME ...`, or run it on a GPU. With `--reuse`, runs that already finished in --work-dir are
 evaluated instead of trained again: stop the grid any time and rerun the same command (more --seeds too).
