@@ -149,7 +149,7 @@ def finished_run(name: str, cfg: Config) -> TrainedModel | None:
         stored = from_yaml(meta["config"]) if "config" in meta else None
     except ConfigError:
         stored = None
-    if stored is None or _without_location(stored) != _without_location(cfg):
+    if stored is None or not _same_training(stored, cfg):
         print(f"   {path} was trained with another config: training again", flush=True)
         return None
     seconds = float(meta["train_seconds"]) if meta.get("train_seconds") else None
@@ -179,15 +179,16 @@ def trained_with(recorded: Mapping[str, Any], cfg: Config) -> bool:
         stored = from_yaml(json.dumps(dict(recorded)))
     except ConfigError:
         return False
-    return _without_location(stored) == _without_location(cfg)
+    return _same_training(stored, cfg)
 
 
-def _without_location(cfg: Config) -> Config:
-    """`cfg` with the output fields that say where a run is written (not how it trains) blanked."""
-    out = copy.deepcopy(cfg)
-    for key in OUTPUT_LOCATION:
-        setattr(out.output, key, None)
-    return out
+def _same_training(a: Config, b: Config) -> bool:
+    """Whether two configs train alike: equal but for the output fields that say where a run is written."""
+    a, b = copy.deepcopy(a), copy.deepcopy(b)
+    for cfg in (a, b):
+        for key in OUTPUT_LOCATION:
+            setattr(cfg.output, key, None)
+    return a == b
 
 
 def load_variant(name: str, weights: str | Path, overrides: Sequence[str] = ()) -> TrainedModel:
