@@ -220,26 +220,44 @@ def count_gflops(model: torch.nn.Module, size: int, device: str | torch.device =
     return counter.get_total_flops() / 1e9
 
 
-def time_train_steps(
-    model: torch.nn.Module, images: torch.Tensor, targets: list[dict], steps: int = 5, warmup: int = 1
-) -> float:
-    """Median seconds of one training step (forward, loss, backward, SGD step) on a fixed batch.
+MIXED_PRECISION = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
-    Runs on a deep copy, so the trained model is untouched; data loading and validation are excluded.
+
+def time_train_steps(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: list[dict],
+    steps: int = 5,
+    warmup: int = 1,
+    precision: str = "32-true",
+) -> float:
+    """Median seconds of one training step (forward, loss, backward, SGD step) on a fixed batch, on the
+    model's device, under autocast when `precision` (`train.precision`) is a mixed one, as Lightning trains.
+
+    Runs on a deep copy, so the trained model is untouched; data loading and validation are excluded. On a
+    GPU each step is timed from a synchronized start to a synchronized end (kernels run asynchronously).
     """
+    from detector.evaluation.speed import synchronize
+
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
     work = copy.deepcopy(model).train()
+    device = next(work.parameters()).device
     params = [p for p in work.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
-    plain = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+    images = images.to(device)
+    plain = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+    dtype = MIXED_PRECISION.get(precision)
     times = []
     for i in range(warmup + steps):
+        synchronize(device)
         start = time.perf_counter()
-        loss = sum(work(images, plain).values())
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = sum(work(images, plain).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return float(statistics.median(times))
@@ -592,12 +610,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)]) + "\n"
 
 
-def machine_description() -> str:
-    """CPU model (or GPU name), thread count, torch/torchvision versions: the line every result carries."""
+def machine_description(device: str | torch.device | None = None) -> str:
+    """CPU model (or GPU name), thread count, torch/torchvision versions: the line every result carries.
+
+    `device`: what the results were measured on; None means the GPU when there is one."""
     import torchvision
 
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
+    on_gpu = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if on_gpu:
+        name = torch.cuda.get_device_name(device)
     else:
         name = platform.processor() or "cpu"
         try:

@@ -165,6 +165,35 @@ def test_gflops_are_counted_and_grow_with_the_input_area():
     assert model.training  # mode restored
 
 
+class _AutocastProbe(torch.nn.Module):
+    """A 'detector' whose loss records the autocast state it ran under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+        self.seen: list[torch.dtype | None] = []
+
+    def forward(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        on = torch.is_autocast_enabled(images.device.type)
+        self.seen.append(torch.get_autocast_dtype(images.device.type) if on else None)
+        return {"loss": (images.float().mean(dim=(0, 2, 3)) * self.weight).sum()}
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("32-true", None), ("bf16-mixed", torch.bfloat16)])
+def test_train_steps_are_timed_in_the_training_precision_on_a_copy(precision, dtype, monkeypatch):
+    model = _AutocastProbe()
+    copies = []
+    deepcopy = copy.deepcopy
+    monkeypatch.setattr(study.copy, "deepcopy", lambda m: copies.append(deepcopy(m)) or copies[-1])
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
+    seconds = study.time_train_steps(model, images, targets, steps=2, warmup=1, precision=precision)
+    assert seconds > 0
+    assert copies[0].seen == [dtype] * 3  # warm-up and timed steps, all under the training precision
+    assert model.seen == [] and torch.equal(model.weight, torch.ones(3))  # the given model is untouched
+    assert not torch.equal(copies[0].weight, torch.ones(3))  # the copy did take SGD steps
+
+
 def test_anchor_losses_reproduce_the_models_own_classification_loss():
     torch.manual_seed(0)
     model = build_model(tiny_config(Path("."), Path("."), "model.loss.gamma=2.0").model, 2).train()
@@ -287,6 +316,7 @@ def test_compare_trains_and_evaluates_detectors_and_writes_table_json_and_plot(d
     assert len(table_rows(md, "detector | 64 px")) == 2 and "Machine:" in md and "Curves cross:" in md
     report = json.loads((out / "compare.json").read_text())
     results = {r["name"]: r for r in report["results"]}
+    assert report["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert [r["model"] for r in report["results"]] == ["retinanet", "torchvision_retinanet"]
     for r in report["results"]:
         assert [s["size"] for s in r["by_size"]] == [64, 96] and r["at_train_size"]["size"] == 96
@@ -371,6 +401,10 @@ def test_compare_rejects_unknown_detectors_and_bad_sizes(tmp_path, capsys):
     for bad in (["--seeds", "1", "1"], ["--seeds", "0", "1", "--weights", f"retinanet={tmp_path / 'w'}"]):
         with pytest.raises(SystemExit):
             tool.main(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            tool.main(["--device", "cuda", "--out", str(tmp_path)])
+        assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -23,7 +23,9 @@ Budget: the defaults train 4 detectors for the configs' 300 steps (batch 4, 416 
 21 min for Faster R-CNN, plus 3-5 min of timing and evaluation at 4 sizes per detector: about 1 h 45 min.
 `train.max_steps=N` (a positional override, for every detector) scales the training part; `--only` and
 `--weights NAME=PATH` skip detectors; `--reuse` continues an interrupted run, or reads back weights
-trained earlier (copied into --work-dir/weights as NAME_sSEED.safetensors). On VOC, GPU:
+trained earlier (copied into --work-dir/weights as NAME_sSEED.safetensors). `--device` (default: the GPU
+when there is one) is where training, timing and evaluation run; on an NVIDIA H100 the tree study above takes
+about 4 minutes (docs/gpu/compare.md). On VOC, GPU:
   python tools/compare.py --retinanet-config configs/retinanet_mbv2_voc0712.yaml \
       --faster-rcnn-config configs/faster_rcnn_r50_fpn_voc0712.yaml --sizes 320 416 512 608 --out docs/voc
 """
@@ -104,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=[0], help="train each detector once per seed (default: 0)"
     )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="train, time and evaluate here (auto: the GPU when there is one; cpu/cuda also set "
+        "trainer.accelerator)",
+    )
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for compare.{md,json} and the PNG")
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "compare"), help="runs and weights go here")
     add_reuse_option(parser)
@@ -118,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must not repeat, got {args.seeds}")
     if args.weights and len(args.seeds) > 1:
         parser.error("--weights gives one trained model per detector: use it with a single seed")
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if args.device != "auto":  # train where the study measures
+        args.overrides = [*args.overrides, f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}"]
+    args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
     from detector.config import ConfigError
     from detector.data.voc import VOCFormatError
@@ -151,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
                 trained.cfg.data = cfg.data  # the study's data, whatever the weights were trained on
             else:
                 trained = study.train_variant(variant.name, cfg, reuse=args.reuse)
+            trained.model.to(args.device)
             size = int(cfg.data.size)
             sizes = sorted(set(args.sizes) | {size})
             if not row:  # the first seed's model: cost and speed
@@ -164,9 +181,14 @@ def run(args: argparse.Namespace) -> int:
                     "steps": trained.steps,
                     "fit_seconds": trained.fit_seconds,
                     "params": sum(p.numel() for p in trained.model.parameters()),
-                    "gflops": study.count_gflops(trained.model, size),
+                    "gflops": study.count_gflops(trained.model, size, args.device),
                     "train_s_per_step": study.time_train_steps(
-                        trained.model, images, targets, steps=args.time_steps, warmup=args.time_warmup
+                        trained.model,
+                        images,
+                        targets,
+                        steps=args.time_steps,
+                        warmup=args.time_warmup,
+                        precision=trained.cfg.train.precision,
                     ),
                     "seeds": [],
                 }
@@ -195,12 +217,14 @@ def run(args: argparse.Namespace) -> int:
         curves, out / "compare_speed_accuracy.png", ylabel="VOC AP50 (area), test split"
     )
     crossings = study.curve_crossings(curves)
-    markdown = render(results, args, crossings, study.machine_description(), png.name)
+    machine = study.machine_description(args.device)
+    markdown = render(results, args, crossings, machine, png.name)
     (out / "compare.md").write_text(markdown)
     study.write_json(
         out / "compare.json",
         {
-            "machine": study.machine_description(),
+            "machine": machine,
+            "device": args.device,
             "command": command_line(args),
             "crossings": crossings,
             "results": results,

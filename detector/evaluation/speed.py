@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["measure_end_to_end_fps", "measure_fps"]
+__all__ = ["measure_end_to_end_fps", "measure_fps", "synchronize"]
 
 ImageSource = str | os.PathLike[str] | torch.Tensor
 
@@ -29,7 +29,8 @@ def _device(device: str | torch.device) -> torch.device:
     return device
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously): a clock read then counts them."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -92,10 +93,10 @@ def measure_fps(
     try:
         with torch.inference_mode(), _autocast(dev, amp, amp_dtype):
             for i in range(warmup + iters):
-                _sync(dev)
+                synchronize(dev)
                 start = time.perf_counter()
                 model(images)
-                _sync(dev)
+                synchronize(dev)
                 if i >= warmup:
                     times.append(time.perf_counter() - start)
     finally:
@@ -170,7 +171,7 @@ def measure_end_to_end_fps(
         def forward() -> list[dict[str, torch.Tensor]]:
             with _autocast(dev, amp, amp_dtype):
                 out = model(tensor.to(dev, non_blocking=True))
-            _sync(dev)
+            synchronize(dev)
             return out
 
         outputs = stages.timed("model", forward)
@@ -197,7 +198,7 @@ def measure_end_to_end_fps(
                 start_index = (i * batch_size) % len(images)
                 batch = [images[(start_index + j) % len(images)] for j in range(batch_size)]
                 stages = timed_stages if i >= warmup else _Stages(stage_names)
-                _sync(dev)
+                synchronize(dev)
                 start = time.perf_counter()
                 run_batch(batch, stages)
                 if i >= warmup:
