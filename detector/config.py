@@ -6,6 +6,7 @@ reproducible from its YAML and the overrides given on the command line (`train.e
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     root: Any = "data/trees"  # one VOC year folder or a list of them (VOC07+12)
+    eval_root: Any = None  # folder(s) of the val/test splits; null: data.root (VOC07+12 tests on VOC2007)
     classes: list[str] = field(default_factory=lambda: ["tree"])
     train_split: str = "train"
     val_split: str = "test"
@@ -192,15 +194,34 @@ def _validate(cfg: Config) -> None:
         if not ok:
             value = OmegaConf.select(OmegaConf.structured(cfg), key)
             raise ConfigError(f"{key} = {value!r}: expected {expected}")
-    roots = cfg.data.root if isinstance(cfg.data.root, (list, tuple)) else [cfg.data.root]
-    if not roots or not all(isinstance(r, str) and r for r in roots):
-        raise ConfigError(f"data.root = {cfg.data.root!r}: expected a path or a list of paths")
+    for key in ("root", "eval_root"):
+        value = getattr(cfg.data, key)
+        if key == "eval_root" and value is None:
+            continue
+        roots = value if isinstance(value, (list, tuple)) else [value]
+        if not roots or not all(isinstance(r, str) and r for r in roots):
+            raise ConfigError(f"data.{key} = {value!r}: expected a path or a list of paths")
+
+
+def _path_list(root: Any) -> list[str]:
+    return [os.fspath(r) for r in root] if isinstance(root, (list, tuple)) else [os.fspath(root)]
 
 
 def data_roots(cfg: Config) -> list[str]:
-    """`data.root` as a list of VOC year folders."""
-    root = cfg.data.root
-    return [str(r) for r in root] if isinstance(root, (list, tuple)) else [str(root)]
+    """`data.root` (the training split's VOC year folders) as a list."""
+    return _path_list(cfg.data.root)
+
+
+def split_roots(data: DataConfig, split: str) -> list[str]:
+    """The VOC year folders to read `split` from: `data.root` for the training split, `data.eval_root` (when
+    set, else `data.root`) for any other, so VOC07+12 trains on both years and tests on VOC2007 alone."""
+    key = "root" if split == data.train_split or data.eval_root is None else "eval_root"
+    roots = _path_list(getattr(data, key))
+    if not roots:
+        raise ValueError(
+            f"data.{key} is empty (reading split {split!r}): give a VOC year folder or a list of them"
+        )
+    return roots
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.config import Config, ConfigError, from_yaml
+from detector.config import Config, ConfigError, from_yaml, split_roots
 
 __all__ = [
     "apply_overrides",
@@ -334,7 +334,7 @@ def evaluate_split(
         )
     report: dict[str, Any] = {
         "split": split,
-        "data_root": data_cfg.root,
+        "data_root": split_roots(data_cfg, split),
         "num_images": len(ids),
         "size": int(cfg.data.size),
         "model": cfg.model.name,

@@ -509,6 +509,11 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
         raise ConfigError(f"output.export = {cfg.output.export!r}: expected best or last")
     if resume is not None and not Path(resume).is_file():
         raise FileNotFoundError(f"--resume checkpoint not found: {resume}")
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator = {cfg.trainer.accelerator!r} (a GPU recipe) but no CUDA GPU is available "
+            "here: add the override trainer.accelerator=cpu (or auto) to train on the CPU"
+        )
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     run_dir = Path(cfg.output.dir) / cfg.output.name
     ckpt_dir = run_dir / "checkpoints"

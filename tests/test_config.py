@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import Config, ConfigError, data_roots, from_yaml, load_config, to_yaml
+from detector.config import Config, ConfigError, data_roots, from_yaml, load_config, split_roots, to_yaml
 from detector.inference import apply_overrides
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -45,6 +45,8 @@ def test_shipped_recipes_match_their_descriptions():
         path = CONFIGS[0].parent / f"{name}.yaml"
         voc = load_config(path)
         assert data_roots(voc) == ["data/VOCdevkit/VOC2007", "data/VOCdevkit/VOC2012"]
+        assert split_roots(voc.data, "trainval") == data_roots(voc)  # VOC07+12 trainval
+        assert split_roots(voc.data, "test") == ["data/VOCdevkit/VOC2007"]  # VOC07 test: 2012 has none public
         assert (voc.data.train_split, voc.data.test_split, len(voc.data.classes)) == ("trainval", "test", 20)
         assert (voc.train.optimizer, voc.train.lr, voc.data.batch_size, voc.train.epochs) == (
             "sgd",
@@ -78,6 +80,8 @@ def test_yaml_then_dotted_overrides(tmp_path):
         (["model.anchors.sizes=[1,2]"], "model.anchors.sizes"),
         (["model.loss.normalize=anchor"], "model.loss.normalize"),
         (["model.loss.ohem_nms=1.5"], "model.loss.ohem_nms"),
+        (["data.eval_root=[]"], "data.eval_root"),
+        (["data.root=[]"], "data.root"),
     ],
 )
 def test_bad_override_is_a_config_error_naming_the_key(overrides, named):

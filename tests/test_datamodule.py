@@ -115,12 +115,27 @@ def test_one_worker_loads_and_is_reproducible(voc_root):
         assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(ta, tb, strict=True))
 
 
-def test_bad_root_is_a_clear_error(tmp_path):
+def test_bad_root_is_a_clear_error(tmp_path, voc_root):
     with pytest.raises(ValueError, match="data.root is empty"):
-        VOCDataModule(_cfg([]))
+        VOCDataModule(_cfg([])).setup("fit")
+    with pytest.raises(ValueError, match="data.eval_root is empty .reading split 'val'"):
+        VOCDataModule(_cfg(str(voc_root), eval_root=[])).setup("test")
     dm = VOCDataModule(_cfg(str(tmp_path / "missing")))
     with pytest.raises(FileNotFoundError, match="missing"):
         dm.setup("fit")
+
+
+def test_eval_root_holds_the_val_and_test_splits_and_root_the_training_split(tiny_voc, tmp_path):
+    """VOC07+12: train on both years' trainval, validate and test on VOC2007 test, which VOC2012 lacks."""
+    voc07, voc12 = tmp_path / "VOC2007", tmp_path / "VOC2012"
+    tiny_voc(n_images=3, split="train", root=voc07, seed=1)
+    tiny_voc(n_images=2, split="val", root=voc07, seed=2)
+    tiny_voc(n_images=4, split="train", root=voc12, seed=3)
+    with pytest.raises(FileNotFoundError, match="VOC2012.*val"):  # without eval_root: val read from both
+        VOCDataModule(_cfg([str(voc07), str(voc12)])).setup("test")
+    dm = VOCDataModule(_cfg([str(voc07), str(voc12)], eval_root=str(voc07)))
+    dm.setup(None)
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (7, 2, 2)
 
 
 class _SameImage(torch.utils.data.Dataset):

@@ -306,3 +306,16 @@ def test_ddp_two_cpu_processes_skip_a_nan_on_one_rank_together(data, tmp_path):
         assert (r["steps"], r["world"], r["effective_batch"], r["skipped"]) == (3, 2, 2, 1)
     assert ranks[0]["checksum"] == ranks[1]["checksum"]  # the ranks stayed in sync through the skipped step
     assert (tmp_path / "weights" / "tiny.safetensors").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_recipe_on_a_machine_without_one_says_how_to_train_on_the_cpu(data, tmp_path, accelerator):
+    from detector.config import ConfigError
+
+    cfg = tiny_config(data, tmp_path, f"trainer.accelerator={accelerator}")
+    with pytest.raises(
+        ConfigError, match=r"no CUDA GPU is available here: add the override trainer\.accelerator=cpu"
+    ):
+        fit(cfg)
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

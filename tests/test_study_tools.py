@@ -366,6 +366,71 @@ def test_compare_over_two_seeds_reports_the_spread_and_reuses_runs_copied_from_a
     assert again["at_train_size"]["voc_ap_seeds"] == result["at_train_size"]["voc_ap_seeds"]
 
 
+@pytest.mark.slow
+def test_compare_runs_the_voc_recipe_on_a_generated_vocdevkit(tmp_path):
+    """The VOC command of compare's --help (VOC07+12 trainval, VOC07 test, 20 classes, SGD with step decay,
+    bf16-mixed, ResNet-50 Faster R-CNN) end to end on a generated VOCdevkit; only the network is shrunk
+    (TINY_MODEL), the schedule cut to 2 steps and the configs' GPU accelerator replaced by --device cpu, so a
+    VOC run on a GPU meets no untried config path."""
+    from conftest import write_tiny_voc
+
+    from detector.config import from_yaml
+    from detector.weights import read_metadata
+
+    retinanet_voc = REPO / "configs/retinanet_mbv2_voc0712.yaml"
+    classes = load_config(retinanet_voc).data.classes
+    devkit = tmp_path / "VOCdevkit"
+    for year, split, n, seed in (
+        ("VOC2007", "trainval", 3, 0),
+        ("VOC2007", "test", 3, 1),
+        ("VOC2012", "trainval", 3, 2),
+    ):
+        write_tiny_voc(
+            devkit / year, n_images=n, image_size=(64, 80), classes=classes, split=split, seed=seed
+        )
+    out, work = tmp_path / "docs", tmp_path / "work"
+    argv = ["--retinanet-config", str(retinanet_voc)]
+    argv += ["--faster-rcnn-config", str(REPO / "configs/faster_rcnn_r50_fpn_voc0712.yaml")]
+    argv += [
+        "--only",
+        "retinanet_compact",
+        "faster_rcnn",
+        "--sizes",
+        "64",
+        "--fps-iters",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    argv += ["--time-steps", "1", "--time-warmup", "0", "--out", str(out), "--work-dir", str(work)]
+    argv += [
+        *TINY_MODEL,
+        f"data.root=[{devkit / 'VOC2007'},{devkit / 'VOC2012'}]",
+        f"data.eval_root={devkit / 'VOC2007'}",
+        "data.size=64",
+    ]
+    argv += ["data.batch_size=2", "data.workers=0", "train.max_steps=2", "train.warmup_steps=1"]
+    assert load_tool("compare").main(argv) == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert [r["name"] for r in report["results"]] == ["retinanet_compact", "faster_rcnn"]
+    for r in report["results"]:
+        assert r["steps"] == 2 and r["params"] > 0 and r["train_s_per_step"] > 0
+        [at_64] = r["by_size"]
+        assert at_64["num_images"] == 3 and 0.0 <= at_64["voc_ap"] <= 1.0  # VOC2007 test only
+        trained = from_yaml(read_metadata(Path(r["weights"]))["config"])
+        assert (trained.train.precision, trained.train.optimizer, trained.train.schedule) == (
+            "bf16-mixed",
+            "sgd",
+            "step",
+        )
+        assert len(trained.data.classes) == 20 and trained.data.train_split == "trainval"
+    backbones = {
+        r["name"]: from_yaml(read_metadata(Path(r["weights"]))["config"]).model.backbone.name
+        for r in report["results"]
+    }
+    assert backbones == {"retinanet_compact": "mobilenet_v2", "faster_rcnn": "resnet50"}
+
+
 def test_compare_variants_are_the_four_detectors_on_one_schedule(tmp_path):
     tool = load_tool("compare")
     found = tool.variants(

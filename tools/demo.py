@@ -140,12 +140,14 @@ def prepare_trees(root: Path) -> None:
 
 def draw_examples(model, cfg, class_names, folder: Path, score: float, predict, count: int = 2) -> list[Path]:
     """Detections (score >= `score`) drawn on the first `count` test images that have ground truth."""
-    from detector.config import data_roots
+    from detector.config import split_roots
     from detector.data.images import read_image
     from detector.data.voc import concat_voc
     from detector.visualize import draw_detections, save_image
 
-    dataset = concat_voc(data_roots(cfg), cfg.data.test_split, classes=list(class_names))
+    dataset = concat_voc(
+        split_roots(cfg.data, cfg.data.test_split), cfg.data.test_split, classes=list(class_names)
+    )
     records = [r for r in dataset.records if len(r.labels)][:count] or dataset.records[:count]
     written = []
     for rec in records:

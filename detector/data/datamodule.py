@@ -10,7 +10,6 @@ sees exactly the batches an uninterrupted run sees.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
 
+from detector.config import split_roots
 from detector.data.transforms import build_eval_transforms, build_train_transforms
 from detector.data.voc import concat_voc
 
@@ -47,14 +47,6 @@ def collate_detection(
             f"for images {ids}"
         )
     return torch.stack(images), [item[1] for item in batch]
-
-
-def _normalise_roots(root: Any) -> list[str]:
-    """`data.root` (a path or a list of paths) as a list of strings."""
-    roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
-    if not roots:
-        raise ValueError("data.root is empty: give a VOC year folder or a list of them")
-    return [os.fspath(r) for r in roots]
 
 
 def _reseed_transforms(dataset: Dataset, seed: int) -> None:
@@ -145,7 +137,6 @@ class VOCDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.seed = int(seed)
-        self.roots = _normalise_roots(cfg.root)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -164,9 +155,10 @@ class VOCDataModule(L.LightningDataModule):
             if train
             else build_eval_transforms(self.cfg.size)
         )
-        dataset = concat_voc(self.roots, split, classes=list(self.cfg.classes), transforms=transforms)
+        roots = split_roots(self.cfg, split)
+        dataset = concat_voc(roots, split, classes=list(self.cfg.classes), transforms=transforms)
         if len(dataset) == 0:
-            raise ValueError(f"split {split!r} of {self.roots} holds no images")
+            raise ValueError(f"split {split!r} of {roots} holds no images")
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
