@@ -207,11 +207,6 @@ def _path_list(root: Any) -> list[str]:
     return [os.fspath(r) for r in root] if isinstance(root, (list, tuple)) else [os.fspath(root)]
 
 
-def data_roots(cfg: Config) -> list[str]:
-    """`data.root` (the training split's VOC year folders) as a list."""
-    return _path_list(cfg.data.root)
-
-
 def split_roots(data: DataConfig, split: str) -> list[str]:
     """The VOC year folders to read `split` from: `data.root` for the training split, `data.eval_root` (when
     set, else `data.root`) for any other, so VOC07+12 trains on both years and tests on VOC2007 alone."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import Config, ConfigError, data_roots, from_yaml, load_config, split_roots, to_yaml
+from detector.config import Config, ConfigError, from_yaml, load_config, split_roots, to_yaml
 from detector.inference import apply_overrides
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -44,8 +44,7 @@ def test_shipped_recipes_match_their_descriptions():
     for name in ("retinanet_r50_fpn_voc0712", "faster_rcnn_r50_fpn_voc0712", "retinanet_mbv2_voc0712"):
         path = CONFIGS[0].parent / f"{name}.yaml"
         voc = load_config(path)
-        assert data_roots(voc) == ["data/VOCdevkit/VOC2007", "data/VOCdevkit/VOC2012"]
-        assert split_roots(voc.data, "trainval") == data_roots(voc)  # VOC07+12 trainval
+        assert split_roots(voc.data, "trainval") == ["data/VOCdevkit/VOC2007", "data/VOCdevkit/VOC2012"]
         assert split_roots(voc.data, "test") == ["data/VOCdevkit/VOC2007"]  # VOC07 test: 2012 has none public
         assert (voc.data.train_split, voc.data.test_split, len(voc.data.classes)) == ("trainval", "test", 20)
         assert (voc.train.optimizer, voc.train.lr, voc.data.batch_size, voc.train.epochs) == (
@@ -64,7 +63,8 @@ def test_yaml_then_dotted_overrides(tmp_path):
     assert isinstance(cfg, Config)
     assert (cfg.train.epochs, cfg.train.lr, cfg.data.batch_size) == (3, 0.02, 2)
     assert cfg.model.anchors.sizes == [8.0, 16.0, 32.0, 64.0, 128.0]
-    assert data_roots(cfg) == ["a", "b"]
+    assert split_roots(cfg.data, cfg.data.train_split) == ["a", "b"]
+    assert split_roots(cfg.data, cfg.data.test_split) == ["a", "b"]  # no eval_root: the same folders
     assert cfg.model.head.channels == Config().model.head.channels  # untouched keys keep their defaults
 
 
