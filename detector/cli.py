@@ -64,16 +64,29 @@ def add_reuse_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_reporting_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+def run_reporting_errors(
+    run: Callable[[argparse.Namespace], int],
+    args: argparse.Namespace,
+    also: tuple[type[Exception], ...] = (),
+) -> int:
     """`run(args)` of a tool that reads weights and data: a bad config, data set, weights file or value
-    (weights of the wrong model type too) becomes `error: <message>` and exit code 2, not a traceback."""
+    (weights of the wrong model type too), or one of `also` (a training tool passes NonFiniteLossError),
+    becomes `error: <message>` and exit code 2, not a traceback."""
     from detector.config import ConfigError
     from detector.data.voc import VOCFormatError
     from detector.weights import WeightsError
 
     try:
         return run(args)
-    except (ConfigError, FileNotFoundError, ValueError, TypeError, VOCFormatError, WeightsError) as err:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+        VOCFormatError,
+        WeightsError,
+        *also,
+    ) as err:
         return fail(err)
 
 

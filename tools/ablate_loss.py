@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from detector.cli import add_reuse_option, fail  # noqa: E402
+from detector.cli import add_reuse_option, run_reporting_errors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,22 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0.0 < t <= 1.0 for t in args.ohem_nms):
         parser.error(f"--ohem-nms must be IoUs in (0, 1], got {args.ohem_nms}")
 
-    from detector.config import ConfigError
-    from detector.data.voc import VOCFormatError
     from detector.lit import NonFiniteLossError
-    from detector.weights import WeightsError
 
-    try:
-        return run(args)
-    except (
-        ConfigError,
-        FileNotFoundError,
-        ValueError,
-        VOCFormatError,
-        WeightsError,
-        NonFiniteLossError,
-    ) as err:
-        return fail(err)
+    return run_reporting_errors(run, args, also=(NonFiniteLossError,))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from detector.cli import add_reuse_option, fail  # noqa: E402
+from detector.cli import add_reuse_option, run_reporting_errors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_HEAD = (
@@ -135,14 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}"]
     args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
-    from detector.config import ConfigError
-    from detector.data.voc import VOCFormatError
-    from detector.weights import WeightsError
+    from detector.lit import NonFiniteLossError
 
-    try:
-        return run(args)
-    except (ConfigError, FileNotFoundError, ValueError, VOCFormatError, WeightsError) as err:
-        return fail(err)
+    return run_reporting_errors(run, args, also=(NonFiniteLossError,))
 
 
 def run(args: argparse.Namespace) -> int:
