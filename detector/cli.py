@@ -1,98 +1,233 @@
-"""Small printing helpers shared by the command-line tools (tables, error exits)."""
+"""The one command-line front end of every tool in tools/.
+
+Conventions (the same in every tool):
+- `key=value` config overrides (dotted keys, `data.root=D train.max_steps=10`) go anywhere on the line:
+  before, between or after options and positional arguments;
+- list options take comma lists (`--sizes 256,320`), so they can never swallow an override;
+- the config comes from `--config` (a YAML), else from `--weights` / `--resume` (the config stored in the
+  file), else from the tool's default config; `--print-config` prints the resolved config and exits;
+- `--weights PATH` names an exported `.safetensors` file (repeated where a tool takes several);
+- `--device auto|cpu|cuda[:N]`, auto being CUDA when present;
+- every error ends the tool with exit code 2 and one line, `error: <message>`, naming the file or key.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+from detector.reporting import format_table, print_table
 
 __all__ = [
-    "add_reuse_option",
+    "DEFAULT_CONFIG",
+    "ToolParser",
+    "comma_list",
     "fail",
     "format_table",
     "print_eval_report",
     "print_table",
-    "run_reporting_errors",
+    "resolve_device",
     "save_pr_curves",
+    "split_overrides",
+    "tool_config",
 ]
 
-
-def _numeric(cell: str) -> bool:
-    """A number (or the "n/a" that stands for an undefined one)."""
-    return cell == "n/a" or cell.replace(",", "").replace(".", "", 1).lstrip("-").isdigit()
-
-
-def format_table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
-    """Rows of cells as an aligned plain-text table (columns of numbers right-aligned)."""
-    body = [[str(c) for c in row] for row in rows]
-    cells = ([[str(c) for c in header]] if header else []) + body
-    if not cells:
-        return ""
-    n_cols = max(map(len, cells))
-    widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(n_cols)]
-    right = [
-        all(_numeric(row[i]) for row in body if i < len(row) and row[i])
-        and any(i < len(r) and r[i] for r in body)
-        for i in range(n_cols)
-    ]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(
-            c.rjust(widths[i]) if right[i] else c.ljust(widths[i]) for i, c in enumerate(row)
-        ).rstrip()
-
-    out = [line(r) for r in cells]
-    if header:
-        out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "retinanet_mbv2_trees.yaml")
+# A config override: a dotted key (at least one dot), '=', a value. Paths such as a=b.png have no dotted key.
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+=")
 
 
-def print_table(title: str, rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> None:
-    """Print a titled table to stdout."""
-    print(f"\n== {title} ==")
-    print(format_table(rows, header))
+def comma_list(item_type: Callable[[str], Any], allow_empty: bool = False) -> Callable[[str], list[Any]]:
+    """argparse `type=` for a comma list (`--sizes 256,320`): one token, so it never swallows an override;
+    with `allow_empty`, '' is the empty list."""
+
+    def parse(text: str) -> list[Any]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items and not allow_empty:
+            raise argparse.ArgumentTypeError(f"expected a comma list, got {text!r}")
+        try:
+            return [item_type(t) for t in items]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+
+    parse.__name__ = f"comma list of {getattr(item_type, '__name__', 'values')}"
+    return parse
 
 
-def add_reuse_option(parser: argparse.ArgumentParser) -> None:
-    """`--reuse` of the study tools (`detector.study.finished_run` decides what counts as finished)."""
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="load runs that already finished in --work-dir with exactly this config instead of "
-        "training them again (continue an interrupted study, add seeds to it)",
-    )
+def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(overrides, other arguments): every `section.key=value` token that is not the value of an option."""
+    takes_value = {
+        opt
+        for action in parser._actions
+        for opt in action.option_strings
+        if action.nargs != 0 and not isinstance(action, (argparse._StoreConstAction, argparse._HelpAction))
+    }
+    overrides, rest = [], []
+    previous = None
+    for token in argv:
+        if _OVERRIDE.match(token) and previous not in takes_value:
+            overrides.append(token)
+        else:
+            rest.append(token)
+        previous = token if token.startswith("-") and "=" not in token else None
+    return overrides, rest
 
 
-def run_reporting_errors(
-    run: Callable[[argparse.Namespace], int],
-    args: argparse.Namespace,
-    also: tuple[type[Exception], ...] = (),
-) -> int:
-    """`run(args)` of a tool that reads weights and data: a bad config, data set, weights file or value
-    (weights of the wrong model type too), or one of `also` (a training tool passes NonFiniteLossError),
-    becomes `error: <message>` and exit code 2, not a traceback."""
-    from detector.config import ConfigError
-    from detector.data.voc import VOCFormatError
-    from detector.weights import WeightsError
+class ToolParser(argparse.ArgumentParser):
+    """argparse with the shared options and conventions (module docstring); `parse` returns the namespace
+    with `overrides` (the key=value tokens) and `argv` (the command line as given)."""
 
+    def __init__(
+        self,
+        description: str | None,
+        *,
+        config: bool = True,
+        weights: str | None = None,
+        resume: bool = False,
+        device: bool = False,
+        default_config: str | None = DEFAULT_CONFIG,
+    ) -> None:
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if weights not in (None, "optional", "required", "many"):
+            raise ValueError(f"weights must be None, optional, required or many, got {weights!r}")
+        self.takes_config, self.weights_mode, self.default_config = config, weights, default_config
+        if weights == "many":
+            self.add_argument(
+                "--weights", action="append", default=[], metavar="PATH",
+                help="exported .safetensors weights (repeat the option for several files)",
+            )  # fmt: skip
+        elif weights:
+            self.add_argument(
+                "--weights", required=weights == "required", metavar="PATH",
+                help="exported .safetensors weights (written by tools/train.py); its config is the default",
+            )  # fmt: skip
+        if config:
+            default = f" (default: {Path(default_config).name})" if default_config else ""
+            self.add_argument("--config", metavar="YAML", help=f"experiment config{default}")
+            self.add_argument(
+                "--print-config", action="store_true", help="print the resolved config (YAML) and exit"
+            )
+        if resume:
+            self.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (.ckpt)")
+        if device:
+            self.add_argument(
+                "--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+            )
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line and exit code 2, as every other error of a tool."""
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        """Parse options and positionals in any order, with the overrides taken out first."""
+        argv = list(sys.argv[1:] if argv is None else argv)
+        overrides, rest = split_overrides(self, argv)
+        if overrides and not self.takes_config:
+            self.error(f"takes no key=value config overrides, got {' '.join(overrides)}")
+        args = self.parse_intermixed_args(rest)
+        args.overrides, args.argv = overrides, argv
+        return args
+
+
+def tool_config(args: argparse.Namespace, default_config: str | None = DEFAULT_CONFIG) -> Any:
+    """The tool's config: `--config`, else the config stored in `--resume` / `--weights`, else the default;
+    then the overrides. With weights and `--config`, the model stays the file's and only the data section of
+    the YAML is taken (the tensors decide the architecture)."""
+    from detector.config import apply_overrides, load_config
+
+    resume = getattr(args, "resume", None)
+    weights = getattr(args, "weights", None)
+    weights = weights if isinstance(weights, str) else None
+    if resume and not args.config:
+        from detector.lit import config_from_checkpoint
+
+        cfg = config_from_checkpoint(resume)[0]
+    elif weights:
+        cfg = _stored_config(weights)
+        if getattr(args, "config", None):
+            cfg.data = load_config(args.config).data
+    else:
+        path = getattr(args, "config", None) or default_config
+        if path is None:
+            raise ValueError("no config: give --config YAML")
+        cfg = load_config(path)
+    return apply_overrides(cfg, args.overrides)
+
+
+def _stored_config(weights: str) -> Any:
+    """The config stored in a weights file: safetensors metadata, or an ONNX export's (at its input size)."""
+    from detector.config import from_yaml
+
+    if Path(weights).suffix == ".onnx":
+        from detector.inference.predict import load_detector
+
+        return load_detector(weights)[1]
+    from detector.weights import read_config
+
+    return from_yaml(read_config(weights))
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when CUDA is present, else 'cpu'; a CUDA device that is not there is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return run(args)
-    except (
-        ConfigError,
-        FileNotFoundError,
-        ValueError,
-        TypeError,
-        VOCFormatError,
-        WeightsError,
-        *also,
-    ) as err:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu or auto)")
+    return str(device)
+
+
+def _errors(also: tuple[type[BaseException], ...]) -> tuple[type[BaseException], ...]:
+    """What a tool reports as one line: bad config, data, weights or values, missing files or packages."""
+    from detector.config import ConfigError
+
+    return (ConfigError, FileNotFoundError, ValueError, ImportError, *also)
+
+
+def run(
+    parser: ToolParser,
+    work: Callable[..., int],
+    argv: Sequence[str] | None = None,
+    also: tuple[type[BaseException], ...] = (),
+    validate: Callable[[argparse.Namespace], None] | None = None,
+) -> int:
+    """Parse, `validate(args)` (a ValueError there is a usage error), resolve the config (`--print-config`
+    stops there), then `work(args, cfg)` (`work(args)` for a tool without a config); errors become
+    `error: <message>` and exit code 2."""
+    args = parser.parse(argv)
+    if validate is not None:
+        try:
+            validate(args)
+        except ValueError as err:
+            parser.error(str(err))
+    try:
+        if not parser.takes_config:
+            return work(args)
+        cfg = tool_config(args, parser.default_config)
+        if args.print_config:
+            from detector.config import to_yaml
+
+            print(to_yaml(cfg), end="")
+            return 0
+        return work(args, cfg)
+    except _errors(also) as err:
         return fail(err)
 
 
-def fail(err: BaseException, code: int = 2) -> int:
-    """Print `error: <message>` to stderr and return the exit code (tools `return fail(err)`)."""
-    print(f"error: {err}", file=sys.stderr)
+def fail(err: BaseException | str, code: int = 2) -> int:
+    """Print `error: <message>` (one line) to stderr and return the exit code (tools `return fail(err)`)."""
+    message = str(err).replace("\n", "; ")
+    print(f"error: {message}", file=sys.stderr)
     return code
 
 

@@ -6,7 +6,10 @@ reproducible from its YAML and the overrides given on the command line (`train.e
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,19 +162,28 @@ class ConfigError(ValueError):
 
 
 def _validate(cfg: Config) -> None:
-    """Checks OmegaConf's types cannot express; raises ConfigError naming the key."""
+    """Checks OmegaConf's types cannot express; raises ConfigError naming the key. The choices of a model
+    component are the ones the component defines (one list each), checked here to name the key at load."""
+    from detector.models.box_loss import BOX_LOSSES
+    from detector.models.fpn import P6_SOURCES
+    from detector.models.retinanet import HEAD_NORMS
+    from detector.models.retinanet_loss import CLS_LOSSES, NORMALIZATIONS
+
+    def one_of(choices: tuple[str, ...]) -> str:
+        return ", ".join(choices[:-1]) + f" or {choices[-1]}"
+
     checks = [
         (
             cfg.model.name in ("retinanet", "faster_rcnn", "torchvision_retinanet"),
             "model.name",
             "retinanet, faster_rcnn or torchvision_retinanet",
         ),
-        (cfg.model.fpn.p6_from in ("c5", "p5"), "model.fpn.p6_from", "c5 or p5"),
-        (cfg.model.head.norm in ("none", "group"), "model.head.norm", "none or group"),
-        (cfg.model.loss.cls in ("focal", "ohem"), "model.loss.cls", "focal or ohem"),
-        (cfg.model.loss.box in ("smooth_l1", "l1", "giou"), "model.loss.box", "smooth_l1, l1 or giou"),
+        (cfg.model.fpn.p6_from in P6_SOURCES, "model.fpn.p6_from", one_of(P6_SOURCES)),
+        (cfg.model.head.norm in HEAD_NORMS, "model.head.norm", one_of(HEAD_NORMS)),
+        (cfg.model.loss.cls in CLS_LOSSES, "model.loss.cls", one_of(CLS_LOSSES)),
+        (cfg.model.loss.box in BOX_LOSSES, "model.loss.box", one_of(BOX_LOSSES)),
         (0.0 <= cfg.model.loss.ohem_nms <= 1.0, "model.loss.ohem_nms", "an IoU in [0, 1] (0: no NMS)"),
-        (cfg.model.loss.normalize in ("batch", "image"), "model.loss.normalize", "batch or image"),
+        (cfg.model.loss.normalize in NORMALIZATIONS, "model.loss.normalize", one_of(NORMALIZATIONS)),
         (len(cfg.model.anchors.sizes) == 5, "model.anchors.sizes", "five sizes, one per level P3..P7"),
         (cfg.data.size > 0 and cfg.data.size % 32 == 0, "data.size", "a positive multiple of 32"),
         (cfg.data.batch_size > 0, "data.batch_size", "positive"),
@@ -242,6 +254,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     _validate(cfg)
     return cfg
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """`cfg` with dotted `key=value` overrides (the command line's); unknown keys and bad values raise
+    ConfigError naming them. Programs change a config with `replace_section` instead of strings."""
+    if not overrides:
+        return cfg
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be key=value, got {bad}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid override: {err}".replace("\n", "; ")) from None
+    return from_yaml(OmegaConf.to_yaml(merged))
+
+
+def replace_section(cfg: Config, section: str, **changes: Any) -> Config:
+    """A validated copy of `cfg` with fields of one section replaced (`cfg` itself is not changed), e.g.
+    `replace_section(cfg, "data", size=512)`."""
+    current = getattr(cfg, section, None)
+    if not dataclasses.is_dataclass(current):
+        raise ConfigError(f"{section!r} is not a config section")
+    known = {f.name for f in dataclasses.fields(current)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ConfigError(f"{section} has no field(s) {', '.join(unknown)}")
+    out = copy.deepcopy(cfg)
+    setattr(out, section, dataclasses.replace(getattr(out, section), **changes))
+    _validate(out)
+    return out
 
 
 def to_yaml(cfg: Config) -> str:

@@ -25,14 +25,10 @@ from lightning.pytorch.loggers import CSVLogger
 
 from detector.atomic import atomic_open
 from detector.config import Config, ConfigError, from_yaml, to_yaml
-from detector.inference import (
-    apply_overrides,
-    detections_to_original,
-    ground_truth_from_dataset,
-    ground_truths_for,
-    voc_metrics,
-)
+from detector.data.ground_truth import detections_to_original, ground_truth_from_dataset, ground_truths_for
+from detector.evaluation.voc import voc_metrics
 from detector.models import build_model
+from detector.weights import load_lightning_checkpoint
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -44,8 +40,6 @@ __all__ = [
     "build_param_groups",
     "config_from_checkpoint",
     "fit",
-    "load_checkpoint_file",
-    "resolve_resume_config",
 ]
 
 
@@ -74,23 +68,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, fh)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        return load_checkpoint_file(path)
-
-
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """Read a Lightning checkpoint with `weights_only=True`; a clear error names a missing or bad file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated file, not a checkpoint, or pickled objects we refuse to load
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+        return load_lightning_checkpoint(path, require_state_dict=False)
 
 
 def config_from_checkpoint(path: str | Path) -> tuple[Config, list[str]]:
     """The config and class names a focaldet checkpoint was trained with (stored in its hyper-parameters)."""
-    hparams = load_checkpoint_file(path).get("hyper_parameters", {})
+    hparams = load_lightning_checkpoint(path).get("hyper_parameters", {})
     if "config_yaml" not in hparams:
         raise ValueError(f"{path} is not a focaldet checkpoint (no config_yaml in its hyper-parameters)")
     return from_yaml(hparams["config_yaml"]), list(hparams["class_names"])
@@ -505,32 +488,22 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
     """
     from detector.data.datamodule import VOCDataModule
 
-    if cfg.output.export not in ("best", "last"):
-        raise ConfigError(f"output.export = {cfg.output.export!r}: expected best or last")
-    if resume is not None and not Path(resume).is_file():
-        raise FileNotFoundError(f"--resume checkpoint not found: {resume}")
-    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator = {cfg.trainer.accelerator!r} (a GPU recipe) but no CUDA GPU is available "
-            "here: add the override trainer.accelerator=cpu (or auto) to train on the CPU"
-        )
+    _check_request(cfg, resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     run_dir = Path(cfg.output.dir) / cfg.output.name
     ckpt_dir = run_dir / "checkpoints"
     dm = VOCDataModule(cfg.data, seed=cfg.train.seed)
-    class_names = _class_names_of(dm, cfg)
-    module = DetectorModule(cfg, class_names)
-    every = int(cfg.train.checkpoint_every_n_steps)
-    if every < 0:
-        raise ConfigError(f"train.checkpoint_every_n_steps = {every}: expected >= 0 (0 = off)")
+    module = DetectorModule(cfg, _class_names_of(dm, cfg))
     if resume is not None:  # a checkpoint of another architecture or class count: say what differs
-        from detector.weights import check_state_dict, load_lightning_checkpoint
+        from detector.weights import check_state_dict
 
-        saved = load_lightning_checkpoint(resume)["state_dict"]
-        check_state_dict(module, saved, resume, num_classes=len(class_names))
-        del saved
-
-    checkpoint = ModelCheckpoint(
+        check_state_dict(
+            module,
+            load_lightning_checkpoint(resume)["state_dict"],
+            resume,
+            num_classes=len(module.class_names),
+        )
+    best_tracker = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
         monitor="val/map",
@@ -541,67 +514,34 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
         auto_insert_metric_name=False,
     )
     history = TrainingHistory(every=cfg.train.log_every_n_steps)
-    periodic = []
-    if every > 0:  # writes only last.ckpt (through AtomicCheckpointIO), every `every` optimizer steps
-        periodic.append(
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                every_n_train_steps=every,
-                save_top_k=0,
-                save_last=True,
-                enable_version_counter=False,
-            )
-        )
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        strategy=cfg.trainer.strategy,
-        num_nodes=cfg.trainer.num_nodes,
-        precision=cfg.train.precision,
-        max_epochs=cfg.train.epochs,
-        max_steps=cfg.train.max_steps or -1,
-        gradient_clip_val=cfg.train.grad_clip or None,
-        gradient_clip_algorithm="norm",
-        check_val_every_n_epoch=cfg.train.val_every_n_epochs,
-        num_sanity_val_steps=0,
-        log_every_n_steps=cfg.train.log_every_n_steps,
-        default_root_dir=run_dir,
-        logger=CSVLogger(save_dir=run_dir, name="logs", version=""),
-        callbacks=[checkpoint, *periodic, history, ValidateAtEnd(), *callbacks],
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=cfg.output.progress_bar,
-        enable_model_summary=cfg.output.progress_bar,
+    trainer = _trainer(
+        cfg,
+        run_dir,
+        [best_tracker, *_periodic_checkpoint(cfg, ckpt_dir), history, ValidateAtEnd(), *callbacks],
     )
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        _remove_stale_temp_files(ckpt_dir, Path(cfg.output.weights_dir), cfg.output.name)
-        if (
-            resume is None
-        ):  # stale files of an earlier run with the same name would be mistaken for this one's
-            for stale in ("best.ckpt", "last.ckpt"):
-                (ckpt_dir / stale).unlink(missing_ok=True)
+        _prepare_run_dir(cfg, run_dir, ckpt_dir, fresh=resume is None)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume is not None else None)
     seconds = time.perf_counter() - start
 
     last_path = ckpt_dir / "last.ckpt"
-    if not last_path.is_file() or load_checkpoint_file(last_path).get("global_step") != trainer.global_step:
+    if (
+        not last_path.is_file()
+        or load_lightning_checkpoint(last_path).get("global_step") != trainer.global_step
+    ):
         trainer.save_checkpoint(last_path, weights_only=False)
-    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    best_map = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-    best_step = None
-    if best_path is not None and best_path.is_file():
-        best_step = int(load_checkpoint_file(best_path).get("global_step", -1))
+    best_path = Path(best_tracker.best_model_path) if best_tracker.best_model_path else None
+    best = load_lightning_checkpoint(best_path) if best_path is not None and best_path.is_file() else None
+    best_map = float(best_tracker.best_model_score) if best_tracker.best_model_score is not None else None
+    best_step = int(best.get("global_step", -1)) if best is not None else None
 
-    weights_path = exported_from = None
-    history_json = curves_png = None
+    weights_path = exported_from = history_json = curves_png = None
     if trainer.is_global_zero:
-        use_best = cfg.output.export == "best" and best_path is not None and best_path.is_file()
+        use_best = cfg.output.export == "best" and best is not None
         exported_from = "best checkpoint" if use_best else "last step"
         if use_best:
-            state = load_checkpoint_file(best_path)["state_dict"]
-            module.load_state_dict(state)
+            module.load_state_dict(best["state_dict"])
         weights_path = export_weights(
             module,
             Path(cfg.output.weights_dir) / f"{cfg.output.name}.safetensors",
@@ -625,7 +565,7 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
         effective_batch=cfg.data.batch_size * trainer.world_size,
         world_size=trainer.world_size,
         run_dir=run_dir,
-        best_checkpoint=best_path if best_path is not None and best_path.is_file() else None,
+        best_checkpoint=best_path if best is not None else None,
         last_checkpoint=last_path,
         weights=weights_path,
         exported_from=exported_from or "-",
@@ -634,6 +574,74 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
         history=history.history,
         is_global_zero=trainer.is_global_zero,
     )
+
+
+def _check_request(cfg: Config, resume: str | Path | None) -> None:
+    """Refuse, before anything is built, what cannot train here (a named ConfigError / FileNotFoundError)."""
+    if cfg.output.export not in ("best", "last"):
+        raise ConfigError(f"output.export = {cfg.output.export!r}: expected best or last")
+    if int(cfg.train.checkpoint_every_n_steps) < 0:
+        raise ConfigError(
+            f"train.checkpoint_every_n_steps = {cfg.train.checkpoint_every_n_steps}: expected >= 0 (0 = off)"
+        )
+    if resume is not None and not Path(resume).is_file():
+        raise FileNotFoundError(f"--resume checkpoint not found: {resume}")
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator = {cfg.trainer.accelerator!r} (a GPU recipe) but no CUDA GPU is available "
+            "here: add the override trainer.accelerator=cpu (or auto) to train on the CPU"
+        )
+
+
+def _periodic_checkpoint(cfg: Config, ckpt_dir: Path) -> list[Callback]:
+    """With `train.checkpoint_every_n_steps` > 0: a callback rewriting only last.ckpt every N steps."""
+    every = int(cfg.train.checkpoint_every_n_steps)
+    if every <= 0:
+        return []
+    return [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            every_n_train_steps=every,
+            save_top_k=0,
+            save_last=True,
+            enable_version_counter=False,
+        )
+    ]
+
+
+def _trainer(cfg: Config, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:
+    """The Lightning trainer of a config: schedule, precision, clipping, validation, CSV log, atomic saves."""
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
+        num_nodes=cfg.trainer.num_nodes,
+        precision=cfg.train.precision,
+        max_epochs=cfg.train.epochs,
+        max_steps=cfg.train.max_steps or -1,
+        gradient_clip_val=cfg.train.grad_clip or None,
+        gradient_clip_algorithm="norm",
+        check_val_every_n_epoch=cfg.train.val_every_n_epochs,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.train.log_every_n_steps,
+        default_root_dir=run_dir,
+        logger=CSVLogger(save_dir=run_dir, name="logs", version=""),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=cfg.output.progress_bar,
+        enable_model_summary=cfg.output.progress_bar,
+    )
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, ckpt_dir: Path, fresh: bool) -> None:
+    """Write config.yaml, remove half-written temp files and, for a fresh run, an earlier run's checkpoints
+    of the same name (they would be mistaken for this run's)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    _remove_stale_temp_files(ckpt_dir, Path(cfg.output.weights_dir), cfg.output.name)
+    if fresh:
+        for stale in ("best.ckpt", "last.ckpt"):
+            (ckpt_dir / stale).unlink(missing_ok=True)
 
 
 def _remove_stale_temp_files(ckpt_dir: Path, weights_dir: Path, name: str) -> None:
@@ -658,13 +666,3 @@ def _plot_curves(history: dict[str, list], path: Path) -> Path | None:
         warnings.warn(f"could not plot training curves to {path}: {err}", RuntimeWarning, stacklevel=2)
         return None
     return path
-
-
-def resolve_resume_config(resume: str | Path, config_path: str | None, overrides: list[str]) -> Config:
-    """Config for `--resume`: the given config file, else the one stored in the checkpoint, plus overrides."""
-    from detector.config import load_config
-
-    if config_path is not None:
-        return load_config(config_path, overrides)
-    cfg, _ = config_from_checkpoint(resume)
-    return apply_overrides(cfg, overrides)

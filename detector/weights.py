@@ -32,6 +32,7 @@ __all__ = [
     "backbone_weights_enum",
     "check_state_dict",
     "load_lightning_checkpoint",
+    "read_config",
     "load_state_dict_checked",
     "load_weights",
     "read_metadata",
@@ -257,6 +258,19 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return _read_safetensors(Path(path), lambda fh: dict(fh.metadata() or {}))
 
 
+def read_config(path: str | Path) -> str:
+    """The config YAML stored in exported weights (header only); a file without one is a WeightsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{path}: weights file not found")
+    meta = read_metadata(path)
+    if "config" not in meta or "class_names" not in meta:
+        raise WeightsError(
+            f"{path}: no focaldet config/class_names in the metadata (not exported by tools/train.py)"
+        )
+    return meta["config"]
+
+
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors weights file -> (state_dict, metadata); never unpickles.
 
@@ -275,16 +289,19 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return state, metadata
 
 
-def load_lightning_checkpoint(path: str | Path) -> dict:
+def load_lightning_checkpoint(path: str | Path, require_state_dict: bool = True) -> dict:
     """Load a Lightning `.ckpt` with `torch.load(weights_only=True)`: tensors and plain containers only.
 
-    A checkpoint that needs arbitrary unpickling is refused with a WeightsError naming the file.
+    A checkpoint that needs arbitrary unpickling is refused with a WeightsError naming the file; so is one
+    without a `state_dict` unless `require_state_dict` is off (the checkpoint IO reads whatever it wrote).
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"{path}: checkpoint file not found")
     ckpt = _torch_load_safe(path)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict):
+        raise WeightsError(f"{path}: not a checkpoint (a {type(ckpt).__name__}, not a dict)")
+    if require_state_dict and "state_dict" not in ckpt:
         raise WeightsError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import Config, ConfigError, from_yaml, load_config, split_roots, to_yaml
-from detector.inference import apply_overrides
+from detector.config import Config, ConfigError, apply_overrides, from_yaml, load_config, split_roots, to_yaml
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 EXPECTED = {
@@ -53,7 +52,6 @@ def test_shipped_recipes_match_their_descriptions():
             16,
             12,
         )
-        assert "79." in path.read_text()  # the published reference mAP is written down
 
 
 def test_yaml_then_dotted_overrides(tmp_path):

@@ -21,23 +21,32 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip 
 
 from detector.config import from_yaml, load_config, to_yaml  # noqa: E402
 from detector.data.images import read_image  # noqa: E402
-from detector.export import (  # noqa: E402
-    ExportMismatchError,
+from detector.export.onnx import (  # noqa: E402
     OnnxNotInstalledError,
     RetinaNetExport,
-    calibrate_scores,
-    compare_detections,
     export_onnx,
-    model_cut_offs,
     require_onnx,
-    synthetic_images,
     unpad,
 )
-from detector.inference import letterbox_batch, predict  # noqa: E402
+from detector.export.runtime import OnnxDetector  # noqa: E402
+from detector.export.verify import (  # noqa: E402
+    ExportMismatchError,
+    calibrate_scores,
+    compare_detections,
+    model_cut_offs,
+    synthetic_images,
+)
+from detector.inference.predict import letterbox_batch, predict  # noqa: E402
 from detector.models import build_model  # noqa: E402
-from detector.onnx_runtime import OnnxDetector, predict_onnx  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _predict_onnx(detector, images, batch_size=1):  # noqa: ANN001, ANN202
+    """The ONNX backend through the same prediction path as the PyTorch model."""
+    return predict(detector, images, detector.size, batch_size=batch_size)
+
+
 SIZE = 256
 CLASSES = ["tree", "car", "roof"]
 OVERRIDES = [
@@ -158,7 +167,7 @@ def test_predict_onnx_matches_predict_in_original_pixels(setup) -> None:
     model, _, _, path = setup
     images = real_images()[:2]
     expected = predict(model, images, SIZE, batch_size=2)
-    actual = predict_onnx(OnnxDetector(path), images, batch_size=2)
+    actual = _predict_onnx(OnnxDetector(path), images, batch_size=2)
     stats = compare_detections(expected, actual, **model_cut_offs(model))
     assert stats["detections"] > 0
 
@@ -241,10 +250,7 @@ def test_infer_tool_onnx_backend_gives_the_torch_backend_results(setup, weights_
     tool = _load_tool("infer")
     common = ["--score", "0.06", str(images)]
     assert tool.main(["--weights", str(weights_file), "--out", str(tmp_path / "pt"), *common]) == 0
-    assert (
-        tool.main(["--backend", "onnx", "--model", str(setup[3]), "--out", str(tmp_path / "ox"), *common])
-        == 0
-    )
+    assert tool.main(["--weights", str(setup[3]), "--out", str(tmp_path / "ox"), *common]) == 0
     pt = json.loads((tmp_path / "pt" / "detections.json").read_text())
     ox = json.loads((tmp_path / "ox" / "detections.json").read_text())
     assert len(pt) > 0 and len(pt) == len(ox)
@@ -256,7 +262,7 @@ def test_infer_tool_onnx_backend_gives_the_torch_backend_results(setup, weights_
         p.name for p in (tmp_path / "pt").glob("*.png")
     )
     with pytest.raises(SystemExit):
-        tool.main(["--backend", "onnx", str(images)])
+        tool.main([str(images)])  # no --weights
 
 
 @pytest.mark.slow
@@ -269,14 +275,14 @@ def test_eval_tool_onnx_backend_gives_the_torch_backend_metrics(setup, weights_f
     pt_out, ox_out = tmp_path / "pt" / "r.json", tmp_path / "ox" / "r.json"
     args = ["--fps-iters", "0", *overrides]
     assert tool.main(["--weights", str(weights_file), "--device", "cpu", "--out", str(pt_out), *args]) == 0
-    assert tool.main(["--backend", "onnx", "--model", str(setup[3]), "--out", str(ox_out), *args]) == 0
+    assert tool.main(["--weights", str(setup[3]), "--out", str(ox_out), *args]) == 0
     pt, ox = json.loads(pt_out.read_text()), json.loads(ox_out.read_text())
     assert ox["backend"] == "onnx" and ox["num_images"] == pt["num_images"] == 3
     assert ox["params"] >= pt["params"] > 0
     for a, b in zip(pt["voc"]["per_class"], ox["voc"]["per_class"], strict=True):
         assert (a["class"], a["num_gt"], a["num_det"]) == (b["class"], b["num_gt"], b["num_det"])
     assert pt["coco"] == pytest.approx(ox["coco"], abs=1e-4)
-    assert tool.main(["--backend", "onnx", "--model", str(setup[3]), "data.size=320", *args[2:]]) == 2
+    assert tool.main(["--weights", str(setup[3]), "data.size=320", *args[2:]]) == 2
 
 
 def _op_types(graph) -> set[str]:
@@ -347,7 +353,7 @@ def test_tool_exports_and_verifies_the_faster_rcnn_baseline(tmp_path, capsys) ->
     assert "exported faster_rcnn" in printed and "match" in printed and out.is_file()
 
 
-def test_missing_onnx_says_what_to_install(monkeypatch, tmp_path, capsys) -> None:
+def test_missing_onnx_says_what_to_install(weights_file, monkeypatch, tmp_path, capsys) -> None:
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real_find_spec(name, *a)
@@ -355,7 +361,7 @@ def test_missing_onnx_says_what_to_install(monkeypatch, tmp_path, capsys) -> Non
     with pytest.raises(OnnxNotInstalledError, match=r"focaldet\[onnx\]"):
         require_onnx("onnx", "onnxruntime")
     tool = _load_tool("export_onnx")
-    assert tool.main(["--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert tool.main(["--weights", str(weights_file)]) == 2
     assert "focaldet[onnx]" in capsys.readouterr().err
 
 

@@ -18,8 +18,8 @@ import yaml
 from lit_helpers import disable_loss_compile, tiny_config, tiny_overrides
 
 from detector.config import to_yaml
-from detector.inference import load_detector
-from detector.lit import DetectorModule, fit, load_checkpoint_file
+from detector.inference.predict import load_detector
+from detector.lit import DetectorModule, fit
 from detector.models import build_model
 from detector.weights import (
     WeightsError,
@@ -28,6 +28,7 @@ from detector.weights import (
     load_weights,
     save_weights,
 )
+from detector.weights import load_lightning_checkpoint as load_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from lit_helpers import disable_loss_compile, make_data, tiny_config
 
+from detector import cli
 from detector.lit import (
     AtomicCheckpointIO,
     DetectorModule,
@@ -23,9 +24,8 @@ from detector.lit import (
     build_param_groups,
     config_from_checkpoint,
     fit,
-    load_checkpoint_file,
-    resolve_resume_config,
 )
+from detector.weights import load_lightning_checkpoint as load_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_atomic_checkpoint_io_never_leaves_a_half_written_file(tmp_path):
 def test_checkpoints_are_loaded_without_unpickling(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"obj": WarmupSchedule(10, 1)}, path)  # a pickled class instance, not plain data
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="refused to load"):
         load_checkpoint_file(path)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint_file(tmp_path / "missing.ckpt")
@@ -104,7 +104,7 @@ def test_checkpoints_are_loaded_without_unpickling(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["retinanet", "faster_rcnn"])
 def test_fit_a_few_steps_exports_weights_that_rebuild_the_model(data, tmp_path, model):
-    from detector.inference import load_detector
+    from detector.inference.predict import load_detector
 
     # Validation every 50 epochs never comes due: the final step must still validate (ValidateAtEnd).
     cfg = tiny_config(data, tmp_path, "train.val_every_n_epochs=50", name=model, model=model)
@@ -149,7 +149,8 @@ def test_resume_continues_at_the_saved_step_with_the_saved_optimizer_state(data,
             seen["lr_steps"] = trainer.lr_scheduler_configs[0].scheduler.last_epoch
 
     # As `tools/train.py --resume CKPT train.max_steps=4` does: the config comes from the checkpoint.
-    cfg = resolve_resume_config(first.last_checkpoint, None, ["train.max_steps=4"])
+    parser = cli.ToolParser(None, resume=True)
+    cfg = cli.tool_config(parser.parse(["train.max_steps=4", "--resume", str(first.last_checkpoint)]))
     assert cfg.train.max_steps == 4 and cfg.data.root == str(data)
     resumed = fit(cfg, resume=first.last_checkpoint, callbacks=[Probe()])
     assert seen["step"] == 2 and seen["lr_steps"] == 2

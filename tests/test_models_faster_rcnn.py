@@ -15,6 +15,7 @@ def test_faster_rcnn_train_step_and_eval() -> None:
     cfg.backbone.pretrained = False
     cfg.fpn.channels = 64
     cfg.anchors.sizes = [16.0, 32.0, 64.0, 128.0, 256.0]
+    cfg.score_thresh = 0.0  # an untrained model's detections all count: the checks below always run
     model = build_model(cfg, num_classes=3)
     assert isinstance(model, FasterRCNNDetector)
     assert model.detector.rpn.anchor_generator.sizes == ((16.0,), (32.0,), (64.0,), (128.0,), (256.0,))
@@ -39,8 +40,9 @@ def test_faster_rcnn_train_step_and_eval() -> None:
     for det in out:
         assert det["boxes"].shape[1] == 4 and det["boxes"].dtype == torch.float32
         assert det["scores"].shape == det["labels"].shape
-        if len(det["labels"]):
-            assert int(det["labels"].min()) >= 1 and int(det["labels"].max()) <= 3
-            assert float(det["boxes"].min()) >= 0 and float(det["boxes"].max()) <= 128
+        assert len(det["labels"]) == cfg.detections_per_img  # score 0 keeps every class of every box
+        assert set(det["labels"].tolist()) <= {1, 2, 3} and det["labels"].dtype == torch.int64
+        assert float(det["boxes"].min()) >= 0 and float(det["boxes"].max()) <= 128
+        assert bool((det["scores"][:-1] >= det["scores"][1:]).all())  # sorted by score
     with pytest.raises(ValueError, match="needs targets"):
         model.train()(images)

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torchvision.ops import nms
 
 from detector.config import ModelConfig
-from detector.models import build_model
-from detector.models.retinanet import RetinaNet, hardest_after_nms
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "tools" / "bench_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from detector.models import build_model, parity
+from detector.models.retinanet import RetinaNet
+from detector.models.retinanet_loss import OHEMSampler, hardest_after_nms
+from detector.models.torchvision_retinanet import build_torchvision_retinanet
 
 
 def small_cfg(**head) -> ModelConfig:
@@ -78,7 +68,7 @@ def test_each_images_detections_are_the_same_alone_as_in_a_batch() -> None:
     """NMS runs image by image: what else is in the batch changes no image's detections."""
     torch.manual_seed(0)
     model = build_model(small_cfg(), num_classes=3).eval()
-    load_bench().make_heads_fire(model)  # varied scores: hundreds of candidates per image
+    parity.make_heads_fire(model)  # varied scores: hundreds of candidates per image
     images = torch.randint(0, 256, (3, 3, 128, 128), dtype=torch.uint8)
     images[1] = 0
     with torch.no_grad():  # the same head outputs for both, so only post-processing can differ
@@ -130,10 +120,11 @@ def test_ohem_keeps_positives_and_hardest_negatives() -> None:
     cfg.loss.cls = "ohem"
     cfg.loss.ohem_neg_pos_ratio = 1.0
     model = build_model(cfg, num_classes=3)
+    assert model.loss.ohem == OHEMSampler(neg_pos_ratio=1.0) and model.loss.gamma == 0.0  # CE on the picks
     labels = torch.tensor([[0, -1, -1, -1, -1, -1, -2, 2], [-1, -1, -1, -1, -1, -1, -1, -1]])
     logits = torch.zeros(16, 3)
     logits[:, 0] = torch.arange(16.0)  # higher logit = harder negative
-    kept = model.ohem_select(logits, labels, torch.zeros(8, 4))  # anchors: only an NMS would look
+    kept = model.loss.ohem(logits, labels, torch.zeros(8, 4))  # anchors: only an NMS would look
     assert kept[0].tolist() == [0, -2, -2, -2, -1, -1, -2, 2]  # 2 positives: the 2 hardest negatives
     assert kept[1].tolist() == [-2, -2, -2, -2, -2, -2, -2, -1]  # no positive: as many as for one
     model.train()
@@ -148,26 +139,21 @@ def test_ohem_budget() -> None:
     model = build_model(cfg, num_classes=3)
     labels = torch.tensor([[0, -1, -1, -2]])
     logits = torch.tensor([[-5.0, 0, 0], [9.0, 0, 0], [1.0, 0, 0], [20.0, 0, 0]])
-    assert model.ohem_select(logits, labels, torch.zeros(4, 4)).tolist() == [[0, -1, -2, -2]]
+    assert model.loss.ohem(logits, labels, torch.zeros(4, 4)).tolist() == [[0, -1, -2, -2]]
 
 
 def test_ohem_nms_picks_one_anchor_per_hard_spot() -> None:
     """The two hardest anchors overlap (IoU 0.91): without NMS a budget of 2 takes both, with NMS 0.5 the
     second pick is the next hardest spot; the ratio rule still keeps every positive."""
-    cfg = small_cfg()
-    cfg.loss.cls, cfg.loss.ohem_budget = "ohem", 2
-    model = build_model(cfg, num_classes=1)
     anchors = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 11], [20, 20, 30, 30], [40, 40, 50, 50.0]])
     logits = torch.tensor([[9.0], [8.0], [1.0], [0.0]])  # CE of a negative grows with its logit
     labels = torch.full((1, 4), -1)
-    assert model.ohem_select(logits, labels, anchors).tolist() == [[-1, -1, -2, -2]]
-    model.ohem_nms = 0.5
-    assert model.ohem_select(logits, labels, anchors).tolist() == [[-1, -2, -1, -2]]
-    model.ohem_budget, model.ohem_neg_pos_ratio = 0, 2.0
+    assert OHEMSampler(budget=2)(logits, labels, anchors).tolist() == [[-1, -1, -2, -2]]
+    assert OHEMSampler(budget=2, nms=0.5)(logits, labels, anchors).tolist() == [[-1, -2, -1, -2]]
     labels = torch.tensor([[-1, -1, -1, 0]])
-    assert model.ohem_select(logits, labels, anchors).tolist() == [[-1, -2, -1, 0]]
+    assert OHEMSampler(neg_pos_ratio=2.0, nms=0.5)(logits, labels, anchors).tolist() == [[-1, -2, -1, 0]]
     with pytest.raises(ValueError, match="OHEM NMS IoU"):
-        RetinaNet(model.backbone, num_classes=1, ohem_nms=1.5)
+        OHEMSampler(nms=1.5)
 
 
 def test_hardest_after_nms_picks_what_an_nms_over_all_candidates_picks_first() -> None:
@@ -194,13 +180,13 @@ def test_image_normalization_averages_each_images_loss_over_its_own_foreground(c
     cfg = small_cfg()
     cfg.loss.cls = cls_loss
     model = build_model(cfg, num_classes=3).train()
-    images, targets = load_bench().random_batch(3, 128, 3, torch.Generator().manual_seed(1))
+    images, targets = parity.random_batch(3, 128, 3, torch.Generator().manual_seed(1))
     images = torch.cat([images, images[:1]])
     targets = [*targets, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
     with torch.no_grad():
         alone = [model(images[i : i + 1], targets[i : i + 1]) for i in range(len(targets))]
         batch = model(images, targets)
-        model.loss_normalize = "image"
+        model.loss.normalize = "image"
         image = model(images, targets)
     for key in ("classification", "bbox_regression"):
         mean = sum(a[key] for a in alone) / len(alone)
@@ -211,20 +197,21 @@ def test_image_normalization_averages_each_images_loss_over_its_own_foreground(c
 def test_loss_normalization_must_be_batch_or_image() -> None:
     cfg = small_cfg()
     cfg.loss.normalize = "anchor"
-    with pytest.raises(ValueError, match="loss normalization must be 'batch' or 'image', got 'anchor'"):
+    with pytest.raises(
+        ValueError, match=r"loss normalization must be one of \('batch', 'image'\), got 'anchor'"
+    ):
         build_model(cfg, num_classes=3)
 
 
 @pytest.mark.slow
 def test_loss_and_detections_equal_torchvision() -> None:
-    bench = load_bench()
     torch.manual_seed(0)
-    ours = bench.build_ours(num_classes=4, pretrained=False, channels=32)
-    bench.make_heads_fire(ours)  # varied scores, so post-processing has real work
-    tv = bench.build_torchvision(num_classes=4, size=160, channels=32)
-    bench.copy_weights(ours, tv)
-    images, targets = bench.random_batch(3, 160, 4, torch.Generator().manual_seed(0))
-    quality = bench.check_equal(ours, tv, images, targets)
+    ours = parity.build_ours(num_classes=4, pretrained=False, channels=32)
+    parity.make_heads_fire(ours)  # varied scores, so post-processing has real work
+    tv = build_torchvision_retinanet(num_classes=4, size=160, channels=32)
+    parity.copy_weights(ours, tv)
+    images, targets = parity.random_batch(3, 160, 4, torch.Generator().manual_seed(0))
+    quality = parity.check_equal(ours, tv, images, targets)
     assert quality["loss_max_abs_diff"] < 1e-4
     assert quality["detections_ours"] == quality["detections_torchvision"] == 300
     assert quality["matched_min_iou"] > 0.999 and quality["matched_score_max_abs_diff"] < 1e-5

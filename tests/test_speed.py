@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import detector.data.transforms as transforms
+import detector.data.letterbox as letterbox
 from detector.evaluation.speed import measure_end_to_end_fps, measure_fps
 
 
@@ -78,14 +78,14 @@ def test_end_to_end_decodes_letterboxes_runs_and_maps_boxes_back(tmp_path, monke
     sizes = [(120, 200), (90, 60), (64, 64)]
     paths = write_images(tmp_path, sizes)
     mapped = []
-    original = transforms.boxes_to_original
+    original = letterbox.boxes_to_original
 
     def spy(boxes, scale, pad, orig_size):
         out = original(boxes, scale, pad, orig_size)
         mapped.append((tuple(orig_size), out))
         return out
 
-    monkeypatch.setattr(transforms, "boxes_to_original", spy)
+    monkeypatch.setattr(letterbox, "boxes_to_original", spy)
     model = TinyDetector()
     result = measure_end_to_end_fps(model, paths, size=64, batch_size=2, warmup=1, iters=3)
     # 1 warm-up + 3 timed batches of 2, cycling over the 3 images; every batch letterboxed to 64 x 64

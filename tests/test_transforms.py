@@ -11,12 +11,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.data.transforms import (
-    PAD_FILL,
-    boxes_to_original,
-    build_eval_transforms,
-    build_train_transforms,
-)
+from detector.data.letterbox import boxes_to_original
+from detector.data.transforms import PAD_FILL, build_eval_transforms, build_train_transforms
 
 PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

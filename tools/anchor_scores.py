@@ -1,16 +1,17 @@
 #!/usr/bin/env python
 """How well trained RetinaNets separate foreground from background anchors on the test images.
 
-For each --weights: the probability every foreground anchor gives its own class and the highest class
-probability of every background anchor (ignored anchors left out), as quantiles; the share of background
-anchors at or above the model's score threshold (each one a candidate detection); the share of foreground
-anchors above the background's 99.9th percentile; and VOC AP. A collapsed classifier, one that scores every
-anchor alike (e.g. a fixed-budget OHEM run in docs/ablation.md), shows at a glance: the quantiles of both
-groups coincide. Prints a markdown table; with --out also writes anchor_scores.md and .json there.
+For each --weights (repeat the option for several files): the probability every foreground anchor gives
+its own class and the highest class probability of every background anchor (ignored anchors left out), as
+quantiles; the share of background anchors at or above the model's score threshold (each one a candidate
+detection); the share of foreground anchors above the background's 99.9th percentile; and VOC AP. A collapsed
+classifier, one that scores every anchor alike (e.g. a fixed-budget OHEM run in docs/ablation.md), shows at a
+glance: the quantiles of both groups coincide. Prints a markdown table; with --out also writes
+anchor_scores.md and .json there.
 
 Budget: one forward pass per test image and one evaluation per weights file (trees: ~15 s each on a 2-core
 CPU), e.g.
-  python tools/anchor_scores.py weights/retinanet_mbv2_trees.safetensors data.root=data/trees
+  python tools/anchor_scores.py --weights weights/retinanet_mbv2_trees.safetensors data.root=data/trees
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from detector import cli
 
-from detector.cli import run_reporting_errors  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 HEADER = [
     "weights",
     "fg p10",
@@ -39,37 +37,22 @@ HEADER = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.ToolParser(__doc__, weights="many")
     parser.add_argument("--split", help="split to use (default: data.test_split)")
     parser.add_argument("--max-images", type=int, help="score the anchors of this many images at most")
     parser.add_argument("--out", help="folder for anchor_scores.{md,json} (default: print only)")
-    parser.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="WEIGHTS | key=value",
-        help="our RetinaNet's safetensors files (tools/train.py), and data overrides (data.root=...)",
-    )
-    args = parser.parse_intermixed_args(argv)  # weights and overrides may come before and after options
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    args.overrides = [a for a in args.inputs if "=" in a and not Path(a).exists()]
-    args.weights = [a for a in args.inputs if a not in args.overrides]
+    return cli.run(parser, run, argv)
+
+
+def run(args: argparse.Namespace, cfg) -> int:  # noqa: ANN001 - cfg: the overrides checked, unused
+    from detector.reporting import machine_description, markdown_table, write_json
+
     if not args.weights:
-        parser.error("give at least one weights file")
-    missing = [w for w in args.weights if not Path(w).is_file()]
-    if missing:
-        parser.error(f"weights files not found: {', '.join(missing)}")
+        raise ValueError("give at least one --weights file")
     if args.max_images is not None and args.max_images < 1:
-        parser.error(f"--max-images must be >= 1, got {args.max_images}")
-    return run_reporting_errors(run, args)
-
-
-def run(args: argparse.Namespace) -> int:
-    from detector import study
-
+        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     rows = [score_weights(Path(w), args) for w in args.weights]
-    table = study.markdown_table(HEADER, [_cells(r) for r in rows])
+    table = markdown_table(HEADER, [_cells(r) for r in rows])
     markdown = "\n".join(
         [
             "# Foreground vs background anchor scores",
@@ -80,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             "99.9th percentile.",
             "",
             table,
-            f"Machine: {study.machine_description()}.",
+            f"Machine: {machine_description()}.",
             "",
             "Command: `python tools/anchor_scores.py " + " ".join(args.argv) + "`",
             "",
@@ -91,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "anchor_scores.md").write_text(markdown)
-        study.write_json(out / "anchor_scores.json", {"command": args.argv, "results": rows})
+        write_json(out / "anchor_scores.json", {"command": args.argv, "results": rows})
         print(f"written: {out / 'anchor_scores.md'}, {out / 'anchor_scores.json'}")
     return 0
 
@@ -100,15 +83,19 @@ def score_weights(weights: Path, args: argparse.Namespace) -> dict:
     """The score quantiles, shares and VOC AP of one weights file on the split."""
     import numpy as np
 
-    from detector import study
+    from detector.config import apply_overrides, replace_section
     from detector.data.datamodule import VOCDataModule
-    from detector.inference import apply_overrides, evaluate_split, load_detector
+    from detector.evaluation.report import evaluate_split
+    from detector.inference.predict import load_detector
+    from detector.study.anchors import anchor_scores
 
     model, cfg, class_names = load_detector(weights)
-    cfg = apply_overrides(cfg, args.overrides + ([f"data.test_split={args.split}"] if args.split else []))
+    cfg = apply_overrides(cfg, args.overrides)
+    if args.split:
+        cfg = replace_section(cfg, "data", test_split=args.split)
     dm = VOCDataModule(cfg.data, seed=cfg.train.seed)
     dm.setup("test")
-    fg, bg, images = study.anchor_scores(model, dm.test_dataloader(), args.max_images)
+    fg, bg, images = anchor_scores(model, dm.test_dataloader(), args.max_images)
     if fg.size == 0 or bg.size == 0:
         raise ValueError(f"{weights}: need foreground and background anchors, got {fg.size} and {bg.size}")
     report, _ = evaluate_split(model, cfg, class_names, split=args.split, fps_iters=0)
@@ -128,7 +115,7 @@ def score_weights(weights: Path, args: argparse.Namespace) -> dict:
 
 
 def _cells(r: dict) -> list[str]:
-    from detector.study import fmt
+    from detector.reporting import fmt
 
     quantiles = [fmt(r["fg"][q]) for q in ("0.1", "0.5", "0.9")] + [
         fmt(r["bg"][q]) for q in ("0.5", "0.99", "0.999")

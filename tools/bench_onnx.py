@@ -7,15 +7,13 @@ repeat by repeat, with the same thread count; the outputs are checked to match b
 --weights the model comes from --config with its classifier bias calibrated so that about 50 detections per
 image pass the score threshold, so NMS does realistic work.
 
-    python tools/bench_onnx.py [--weights W | --config C] [--size 416] [--batch 1 4] [--repeats 9]
+    python tools/bench_onnx.py [--weights W | --config C] [--batch 1,4] [--repeats 9] [data.size=416]
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,28 +22,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detector.cli import fail, print_table  # noqa: E402
-from detector.export import calibrate_scores  # noqa: E402
-
-
-def cpu_name() -> str:
-    """The CPU model name from /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+from detector import cli
 
 
 def bench_images(size: int, count: int) -> tuple[torch.Tensor, str]:
     """`count` letterboxed uint8 images [count, 3, S, S] and where they came from."""
     from detector.data.images import read_image
-    from detector.export import synthetic_images
-    from detector.inference import letterbox_batch
+    from detector.export.verify import synthetic_images
+    from detector.inference.predict import letterbox_batch
 
     spec = importlib.util.find_spec("deepforest")
     if spec is not None and spec.submodule_search_locations:
@@ -72,46 +56,39 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--weights", help="safetensors file written by tools/train.py")
-    source.add_argument("--config", default="configs/retinanet_mbv2_trees.yaml", help="config (no --weights)")
-    parser.add_argument("--size", type=int, help="input size (default: data.size of the config)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (default 1 4)")
+    import torch
+
+    parser = cli.ToolParser(__doc__, weights="optional")
+    parser.add_argument("--batch", type=cli.comma_list(int), default=[1, 4], help="batch sizes (default 1,4)")
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats per figure (default 9)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for both")
-    args = parser.parse_args(argv)
+    return cli.run(parser, bench, argv, also=(NotImplementedError,))
 
-    from detector.config import load_config, to_yaml
-    from detector.export import (
-        OnnxNotInstalledError,
-        compare_detections,
-        export_onnx,
-        model_cut_offs,
-        require_onnx,
-    )
-    from detector.inference import load_detector
+
+def bench(args, cfg) -> int:  # noqa: ANN001
+    import torch
+
+    from detector.config import to_yaml
+    from detector.export.onnx import export_onnx, require_onnx
+    from detector.export.runtime import OnnxDetector
+    from detector.export.verify import calibrate_scores, compare_detections, model_cut_offs
+    from detector.inference.predict import load_detector
     from detector.models import build_model
-    from detector.onnx_runtime import OnnxDetector
+    from detector.reporting import load_report, machine_description
 
-    try:
-        require_onnx("onnx", "onnxruntime")
-        if args.weights:
-            model, cfg, class_names = load_detector(args.weights)
-            origin = str(args.weights)
-        else:
-            cfg = load_config(args.config)
-            class_names = list(cfg.data.classes)
-            model = build_model(cfg.model, len(class_names)).eval()
-            origin = f"{args.config} (classifier bias calibrated)"
-    except (OnnxNotInstalledError, FileNotFoundError, ValueError) as err:
-        return fail(err)
+    require_onnx("onnx", "onnxruntime")
+    print(load_report("start"))
+    if args.weights:
+        model, _, class_names = load_detector(args.weights)
+        origin = str(args.weights)
+    else:
+        class_names = list(cfg.data.classes)
+        model = build_model(cfg.model, len(class_names)).eval()
+        origin = f"{args.config or cli.DEFAULT_CONFIG} (classifier bias calibrated)"
     if cfg.model.name != "retinanet":
-        return fail(NotImplementedError("the ONNX benchmark times the RetinaNet (a dynamic-batch export)"))
+        raise NotImplementedError("the ONNX benchmark times the RetinaNet (a dynamic-batch export)")
     torch.set_num_threads(args.threads)
-    size = args.size or cfg.data.size
+    size = cfg.data.size
     images, image_source = bench_images(size, max(args.batch))
     if not args.weights:
         calibrate_scores(model, images, above=50)
@@ -146,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"model: {origin}; input uint8 [B, 3, {size}, {size}]; images: {image_source}")
     print(
-        f"machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}, onnxruntime "
-        f"{onnxruntime.__version__}; {datetime.date.today()}; median of {args.repeats}"
+        f"machine: {machine_description('cpu')}; onnxruntime {onnxruntime.__version__}; "
+        f"{datetime.date.today()}; median of {args.repeats}"
     )
-    print_table(
+    print(load_report("end"))
+    cli.print_table(
         "end-to-end inference (uint8 batch -> detections), outputs checked equal",
         rows,
         header=("batch", "PyTorch ms", "PyTorch FPS", "ORT ms", "ORT FPS", "ORT speed-up", "detections"),

@@ -4,79 +4,47 @@ two test images.
 
 Everything goes under `--out` (default demo_out/): the run (checkpoints, curves), the exported weights, the
 evaluation (results.json, PR curves) and the drawn detections. Sized to fit in 20 minutes on a 2-core CPU;
-`--max-steps` / `--epochs` and any `key=value` override change the recipe from the command line.
+`key=value` overrides change the recipe (`train.max_steps=100`), `data.root=D` where the trees are built.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from detector.cli import fail, print_eval_report, print_table, save_pr_curves
-
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "retinanet_mbv2_trees.yaml")
+from detector import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--config", default=DEFAULT_CONFIG, help="experiment YAML (default configs/retinanet_mbv2_trees.yaml)"
-    )
-    parser.add_argument(
-        "--data", default="data/trees", help="tree dataset folder (built here when incomplete)"
-    )
+    from detector.lit import NonFiniteLossError
+
+    parser = cli.ToolParser(__doc__)
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--max-steps", type=int, help="cap on optimizer steps (default: the config's)")
-    parser.add_argument("--epochs", type=int, help="epochs (default: the config's)")
     parser.add_argument("--score", type=float, default=0.3, help="score threshold of the drawn detections")
     parser.add_argument("--fps-iters", type=int, default=5, help="timed batches per FPS figure; 0 skips FPS")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    args = parser.parse_args(argv)
-    for name in ("max_steps", "epochs"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return cli.run(parser, demo, argv, also=(NonFiniteLossError,))
 
-    from detector.config import ConfigError, load_config
+
+def demo(args, cfg) -> int:  # noqa: ANN001
+    from detector.config import replace_section
+    from detector.data.trees import build_trees_dataset, summary_rows
+    from detector.evaluation.report import evaluate_split
+    from detector.inference.predict import load_detector
+    from detector.lit import fit
 
     out = Path(args.out)
-    overrides = [
-        f"data.root={args.data}",
-        f"output.dir={out / 'runs'}",
-        f"output.weights_dir={out / 'weights'}",
-    ]
-    if args.max_steps is not None:
-        overrides.append(f"train.max_steps={args.max_steps}")
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    try:
-        cfg = load_config(args.config, overrides + list(args.overrides))
-    except ConfigError as err:
-        return fail(err)
-
+    cfg = replace_section(cfg, "output", dir=str(out / "runs"), weights_dir=str(out / "weights"))
     timings: list[tuple[str, str]] = []
     start = time.perf_counter()
-    try:
-        prepare_trees(Path(args.data))
-    except Exception as err:  # deepforest missing, unwritable folder: say so and stop
-        return fail(err)
+    summary = build_trees_dataset(cfg.data.root)  # idempotent: rewrites nothing when present
+    print(f"tree dataset in {cfg.data.root}")
+    print(cli.format_table(summary_rows(summary), header=("split", "sources", "tiles", "boxes")))
     timings.append(("prepare data", f"{time.perf_counter() - start:.1f} s"))
 
-    from detector.data.voc import VOCFormatError
-    from detector.inference import evaluate_split, load_detector, predict
-    from detector.lit import NonFiniteLossError, fit
-    from detector.weights import WeightsError
-
     t = time.perf_counter()
-    try:
-        result = fit(cfg)
-    except (ConfigError, FileNotFoundError, NonFiniteLossError, VOCFormatError, WeightsError) as err:
-        return fail(err)
+    result = fit(cfg)
     timings.append(("train", f"{time.perf_counter() - t:.1f} s"))
 
     t = time.perf_counter()
@@ -87,18 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     eval_dir = out / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     report["weights"] = str(result.weights)
-    report["pr_curves"] = save_pr_curves(voc_result, class_names, eval_dir)
+    report["pr_curves"] = cli.save_pr_curves(voc_result, class_names, eval_dir)
     (eval_dir / "results.json").write_text(json.dumps(report, indent=2))
     timings.append(("evaluate", f"{time.perf_counter() - t:.1f} s"))
 
     t = time.perf_counter()
-    drawn = draw_examples(model, cfg_w, class_names, out / "detections", args.score, predict)
+    drawn = draw_examples(model, cfg_w, class_names, out / "detections", args.score)
     timings.append(("draw", f"{time.perf_counter() - t:.1f} s"))
     timings.append(("total", f"{time.perf_counter() - start:.1f} s"))
 
-    print_table("training summary", result.rows())
-    print_eval_report(report)
-    print_table(
+    cli.print_table("training summary", result.rows())
+    cli.print_eval_report(report)
+    cli.print_table(
         "demo",
         [
             *timings,
@@ -109,40 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def trees_complete(root: Path) -> bool:
-    """True when both split files exist and every listed tile has its image and annotation."""
-    for split in ("train", "test"):
-        split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-        if not split_file.is_file():
-            return False
-        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-        if not ids or not all(
-            (root / "Annotations" / f"{i}.xml").is_file() and (root / "JPEGImages" / f"{i}.png").is_file()
-            for i in ids
-        ):
-            return False
-    return True
-
-
-def prepare_trees(root: Path) -> None:
-    """Build the tree dataset unless it is already there and complete."""
-    if trees_complete(root):
-        print(f"tree dataset present: {root}")
-        return
-    from detector.data.trees import build_trees_dataset
-
-    summary = build_trees_dataset(root)
-    counts = ", ".join(
-        f"{split}: {info['tiles']} tiles / {info['boxes']} boxes" for split, info in summary["splits"].items()
-    )
-    print(f"tree dataset built in {root} ({counts})")
-
-
-def draw_examples(model, cfg, class_names, folder: Path, score: float, predict, count: int = 2) -> list[Path]:
+def draw_examples(model, cfg, class_names, folder: Path, score: float, count: int = 2) -> list[Path]:  # noqa: ANN001
     """Detections (score >= `score`) drawn on the first `count` test images that have ground truth."""
     from detector.config import split_roots
     from detector.data.images import read_image
     from detector.data.voc import concat_voc
+    from detector.inference.predict import predict
     from detector.visualize import draw_detections, save_image
 
     dataset = concat_voc(

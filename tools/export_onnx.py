@@ -14,18 +14,14 @@ pattern against PyTorch. Needs `pip install 'focaldet[onnx]'`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from detector.cli import fail
+from detector import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--weights", required=True, help="safetensors file written by tools/train.py")
+    parser = cli.ToolParser(__doc__, weights="required")
     parser.add_argument("--size", type=int, help="input size S (default: data.size of the weights' config)")
     parser.add_argument("--out", default="model.onnx", help="output file (default model.onnx)")
     parser.add_argument(
@@ -36,30 +32,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check after export"
     )
-    args = parser.parse_args(argv)
+    return cli.run(parser, export, argv, also=(NotImplementedError,))
 
+
+def export(args, cfg) -> int:  # noqa: ANN001
     from detector.config import to_yaml
-    from detector.export import OnnxNotInstalledError, export_onnx, require_onnx, verify_export
-    from detector.inference import load_detector
-    from detector.weights import WeightsError
+    from detector.export.onnx import export_onnx, require_onnx
+    from detector.export.verify import verify_export
+    from detector.inference.predict import load_detector
 
-    try:
-        require_onnx("onnx", *(() if args.no_verify else ("onnxruntime",)))
-        model, cfg, class_names = load_detector(args.weights)
-        size = args.size or cfg.data.size
-        out = export_onnx(
-            model,
-            args.out,
-            size,
-            class_names,
-            config_yaml=to_yaml(cfg),
-            dynamic_batch=args.dynamic_batch,
-            opset=args.opset,
-            batch_size=args.batch,
-        )
-        report = None if args.no_verify else verify_export(model, out)
-    except (OnnxNotInstalledError, NotImplementedError, FileNotFoundError, WeightsError, ValueError) as err:
-        return fail(err)
+    require_onnx("onnx", *(() if args.no_verify else ("onnxruntime",)))
+    model, _, class_names = load_detector(args.weights)
+    size = args.size or cfg.data.size
+    out = export_onnx(
+        model,
+        args.out,
+        size,
+        class_names,
+        config_yaml=to_yaml(cfg),
+        dynamic_batch=args.dynamic_batch,
+        opset=args.opset,
+        batch_size=args.batch,
+    )
+    report = None if args.no_verify else verify_export(model, out)
     print(
         f"exported {cfg.model.name} ({len(class_names)} classes, input uint8 [B, 3, {size}, {size}]) to {out}"
     )

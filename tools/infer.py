@@ -1,68 +1,52 @@
 #!/usr/bin/env python
 """Detect objects in images: `tools/infer.py --weights W IMAGES_OR_FOLDERS... [--out DIR] [--score 0.3]`.
 
-With `--backend onnx --model model.onnx` (from tools/export_onnx.py) the same runs through onnxruntime on the
-CPU instead of PyTorch, with the same outputs; needs `pip install 'focaldet[onnx]'`.
-
-Any image size and mode. Writes each image with its detections drawn (class name and score) and one
-COCO-results JSON (`detections.json`: image_id = file stem, category_id 1..C, bbox xywh in original pixels).
-A file that is not a readable image is reported and skipped; the others still run.
+Any image size and mode; images, folders, options and `key=value` overrides in any order (`data.size=512`
+letterboxes at 512). `--weights model.onnx` (from tools/export_onnx.py) runs the exported graph through
+onnxruntime on the CPU instead of PyTorch, with the same outputs; needs `pip install 'focaldet[onnx]'`.
+Writes each image with its detections drawn (class name and score) and one COCO-results JSON
+(`detections.json`: image_id = file stem, category_id 1..C, bbox xywh in original pixels). A file that is not
+a readable image is reported and skipped; the others still run.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from detector.cli import fail, print_table
+from detector import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--weights", help="safetensors file written by tools/train.py (backend torch)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="default torch")
-    parser.add_argument("--model", help="ONNX file written by tools/export_onnx.py (backend onnx)")
+    parser = cli.ToolParser(__doc__, weights="required", device=True)
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS", help="image files and/or folders")
     parser.add_argument("--out", default="outputs/infer", help="output folder (default outputs/infer)")
     parser.add_argument(
         "--score", type=float, default=0.3, help="minimum score to keep and draw (default 0.3)"
     )
-    parser.add_argument("--size", type=int, help="letterbox size (default: data.size of the weights' config)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    args = parser.parse_args(argv)
+    return cli.run(parser, infer, argv, validate=check)
+
+
+def check(args) -> None:  # noqa: ANN001
     if not 0.0 <= args.score <= 1.0:
-        parser.error(f"--score must be in [0, 1], got {args.score}")
-    if args.backend == "torch" and not args.weights:
-        parser.error("--weights is required with --backend torch")
-    if args.backend == "onnx" and not args.model:
-        parser.error("--model model.onnx is required with --backend onnx")
+        raise ValueError(f"--score must be in [0, 1], got {args.score}")
 
+
+def infer(args, cfg) -> int:  # noqa: ANN001
     from detector.data.images import ImageReadError, read_image
-    from detector.inference import expand_image_paths, load_detector, predict, to_coco_results
+    from detector.data.letterbox import check_letterbox_size
+    from detector.evaluation.report import to_coco_results
+    from detector.inference.predict import expand_image_paths, load_detector, predict
     from detector.visualize import draw_detections, save_image
-    from detector.weights import WeightsError
 
-    try:
-        if args.backend == "onnx":
-            from detector.onnx_runtime import OnnxDetector, predict_onnx
-
-            model = OnnxDetector(args.model)
-            class_names, size = model.class_names, model.size
-            if args.size and args.size != size:
-                raise ValueError(f"{args.model} was exported for --size {size}, got --size {args.size}")
-            run = lambda image: predict_onnx(model, [image])[0]
-        else:
-            model, cfg, class_names = load_detector(args.weights, device=args.device)
-            size = args.size or cfg.data.size
-            run = lambda image: predict(model, [image], size)[0]
-    except (ImportError, FileNotFoundError, WeightsError, ValueError) as err:
-        return fail(err)
-    if size <= 0 or size % 32:
-        return fail(ValueError(f"--size must be a positive multiple of 32, got {size}"))
+    model, stored, class_names = load_detector(args.weights, cli.resolve_device(args.device), cfg.model)
+    size = check_letterbox_size(int(cfg.data.size))
+    if Path(args.weights).suffix == ".onnx" and size != stored.data.size:
+        raise ValueError(
+            f"{args.weights} was exported for data.size={stored.data.size}, got data.size={size}"
+        )
+    run = lambda image: predict(model, [image], size)[0]
     files, problems = expand_image_paths(args.inputs)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     results = to_coco_results(ids, dets)
     json_path = out_dir / "detections.json"
     json_path.write_text(json.dumps(results, indent=1))
-    print_table(
+    cli.print_table(
         f"detections with score >= {args.score}", rows, header=("image", "size (WxH)", "boxes", "classes")
     )
     for problem in problems:

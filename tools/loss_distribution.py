@@ -20,71 +20,68 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from detector.cli import run_reporting_errors  # noqa: E402
+from detector import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.01, 0.05, 0.10)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.ToolParser(__doc__, weights="optional")
     parser.add_argument(
-        "--weights",
-        default=str(ROOT / "weights" / "retinanet_mbv2_trees.safetensors"),
-        help="our RetinaNet's safetensors from tools/train.py (default: the trees demo's)",
+        "--gammas",
+        type=cli.comma_list(float),
+        default=[0.0, 0.5, 1.0, 2.0],
+        help="comma list (default 0,0.5,1,2)",
     )
-    parser.add_argument("--gammas", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0])
     parser.add_argument("--split", help="split to use (default: data.test_split)")
     parser.add_argument("--max-images", type=int, help="stop after this many images")
     parser.add_argument(
         "--out", default=str(ROOT / "docs"), help="folder for loss_distribution.{md,json,png}"
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="data overrides (data.root=...)")
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if any(g < 0 for g in args.gammas):
-        parser.error(f"--gammas must be >= 0, got {args.gammas}")
-    if args.max_images is not None and args.max_images < 1:
-        parser.error(f"--max-images must be >= 1, got {args.max_images}")
-    return run_reporting_errors(run, args)
+    parser.set_defaults(weights=str(ROOT / "weights" / "retinanet_mbv2_trees.safetensors"))
+    return cli.run(parser, run, argv)
 
 
-def run(args: argparse.Namespace) -> int:
-    from detector import study
+def run(args: argparse.Namespace, cfg) -> int:  # noqa: ANN001
+    from detector.config import replace_section
     from detector.data.datamodule import VOCDataModule
-    from detector.inference import apply_overrides, load_detector
+    from detector.inference.predict import load_detector
+    from detector.reporting import fmt, machine_description, markdown_table, write_json
+    from detector.study.anchors import hardest_shares, per_anchor_losses
     from detector.visualize import plot_loss_cdf
 
-    model, cfg, class_names = load_detector(args.weights)
-    cfg = apply_overrides(cfg, args.overrides + ([f"data.test_split={args.split}"] if args.split else []))
+    if any(g < 0 for g in args.gammas):
+        raise ValueError(f"--gammas must be >= 0, got {args.gammas}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+    model, _, class_names = load_detector(args.weights)
+    if args.split:
+        cfg = replace_section(cfg, "data", test_split=args.split)
     if list(cfg.data.classes) != list(class_names):
         raise ValueError(
             f"data.classes {list(cfg.data.classes)} differ from the weights' classes {class_names}"
         )
     dm = VOCDataModule(cfg.data, seed=cfg.train.seed)
     dm.setup("test")
-    curves, counts = study.per_anchor_losses(model, dm.test_dataloader(), args.gammas, args.max_images)
+    curves, counts = per_anchor_losses(model, dm.test_dataloader(), args.gammas, args.max_images)
     if counts["foreground"] == 0 or counts["background"] == 0:
         raise ValueError(f"need foreground and background anchors, got {counts} (no objects in the split?)")
     out = Path(args.out)
     png = plot_loss_cdf(curves, out / "loss_distribution.png")
     shares = {
         g: {
-            "foreground": study.hardest_shares(fg, FRACTIONS),
-            "background": study.hardest_shares(bg, FRACTIONS),
+            "foreground": hardest_shares(fg, FRACTIONS),
+            "background": hardest_shares(bg, FRACTIONS),
         }
         for g, (fg, bg) in curves.items()
     }
-    machine = study.machine_description()
+    machine = machine_description()
     rows = [
         [
             f"{g:g}",
-            *(study.fmt(100 * shares[g]["background"][f], 1) for f in FRACTIONS),
-            *(study.fmt(100 * shares[g]["foreground"][f], 1) for f in FRACTIONS),
+            *(fmt(100 * shares[g]["background"][f], 1) for f in FRACTIONS),
+            *(fmt(100 * shares[g]["foreground"][f], 1) for f in FRACTIONS),
         ]
         for g in curves
     ]
@@ -104,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             "",
             "Share (%) of each group's total focal loss carried by its hardest anchors:",
             "",
-            study.markdown_table(header, rows),
+            markdown_table(header, rows),
             f"Plot: `{png.name}`. Machine: {machine}.",
             "",
             "Command: `python tools/loss_distribution.py " + " ".join(args.argv) + "`",
@@ -112,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         ]
     )
     (out / "loss_distribution.md").write_text(markdown)
-    study.write_json(
+    write_json(
         out / "loss_distribution.json",
         {
             "weights": str(args.weights),

@@ -213,6 +213,3 @@ class VOCDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_dataset, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_dataset, "predict")

@@ -23,13 +23,13 @@ import cv2
 import numpy as np
 import torch
 
+from detector.data.letterbox import check_letterbox_size
+
 __all__ = [
     "PAD_FILL",
     "DetectionTransform",
-    "boxes_to_original",
     "build_eval_transforms",
     "build_train_transforms",
-    "check_letterbox_size",
 ]
 
 PAD_FILL = (124, 116, 104)  # ImageNet mean in uint8 RGB
@@ -53,13 +53,6 @@ def _pad_if_needed(size: int) -> A.PadIfNeeded:
     params = inspect.signature(A.PadIfNeeded.__init__).parameters
     kwargs["fill" if "fill" in params else "value"] = PAD_FILL
     return A.PadIfNeeded(**kwargs)
-
-
-def check_letterbox_size(size: int) -> int:
-    """`size` if it is a positive int multiple of 32 (the FPN's largest stride), else a ValueError."""
-    if not isinstance(size, int) or size <= 0 or size % 32:
-        raise ValueError(f"letterbox size must be a positive multiple of 32, got {size!r}")
-    return size
 
 
 class DetectionTransform:
@@ -229,21 +222,3 @@ def build_eval_transforms(size: int) -> DetectionTransform:
     """Eval pipeline: letterbox only (deterministic)."""
     size = check_letterbox_size(int(size))
     return DetectionTransform(size, A.Compose([A.LongestMaxSize(max_size=size)], bbox_params=_bbox_params()))
-
-
-def boxes_to_original(
-    boxes: torch.Tensor,
-    scale: torch.Tensor | Sequence[float],
-    pad: torch.Tensor | Sequence[float],
-    orig_size: Sequence[int],
-) -> torch.Tensor:
-    """Map boxes [K, 4] from the letterboxed frame back to original image pixels and clip to (H, W)."""
-    boxes = torch.as_tensor(boxes)
-    dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
-    scale = torch.as_tensor(scale, dtype=dtype, device=boxes.device).reshape(2)
-    pad = torch.as_tensor(pad, dtype=dtype, device=boxes.device).reshape(2)
-    height, width = (int(v) for v in orig_size)
-    out = (boxes.to(dtype) - pad.repeat(2)) / scale.repeat(2)
-    out[..., 0::2] = out[..., 0::2].clamp(0, width)
-    out[..., 1::2] = out[..., 1::2].clamp(0, height)
-    return out

@@ -201,3 +201,11 @@ def build_trees_dataset(
         summary["splits"][split] = {"sources": list(sources), "tiles": len(ids), "boxes": n_boxes}
     summary["files_written"] = int(written)
     return summary
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, int, int, int]]:
+    """(split, sources, tiles, boxes) per split of a `build_trees_dataset` summary, then the total."""
+    splits = summary["splits"]
+    rows = [(split, len(i["sources"]), i["tiles"], i["boxes"]) for split, i in splits.items()]
+    rows.append(("total", *(sum(r[k] for r in rows) for k in (1, 2, 3))))
+    return rows

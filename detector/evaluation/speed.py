@@ -138,7 +138,8 @@ def measure_end_to_end_fps(
     ``preprocess_ms``, ``model_ms`` with the host-to-device copy and synchronization, ``postprocess_ms``).
     """
     from detector.data.images import read_image
-    from detector.data.transforms import boxes_to_original, build_eval_transforms
+    from detector.data.letterbox import boxes_to_original
+    from detector.data.transforms import build_eval_transforms
 
     if len(images) == 0:
         raise ValueError("images is empty: give at least one image path or tensor")

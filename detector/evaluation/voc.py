@@ -12,6 +12,7 @@ score-sorted matches.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "parse_detections",
     "parse_ground_truths",
     "voc_ap",
+    "voc_metrics",
     "ap_from_pr",
 ]
 
@@ -329,3 +331,14 @@ def voc_ap(
         recall[cls] = rec
     mean = float(np.mean(list(ap.values()))) if ap else float("nan")
     return {"map": mean, "ap": ap, "precision": precision, "recall": recall, "num_gt": num_gt}
+
+
+def voc_metrics(
+    detections: list[dict], ground_truths: list[dict], num_classes: int | None = None
+) -> dict[str, float]:
+    """VOC area mAP@0.5 and VOC07 11-point mAP@0.5 (0.0 when there is no ground truth at all)."""
+    if not any(len(g["labels"]) for g in ground_truths):
+        return {"map": 0.0, "map50_07": 0.0}
+    area = float(voc_ap(detections, ground_truths, 0.5, use_07_metric=False, num_classes=num_classes)["map"])
+    p11 = float(voc_ap(detections, ground_truths, 0.5, use_07_metric=True, num_classes=num_classes)["map"])
+    return {"map": 0.0 if math.isnan(area) else area, "map50_07": 0.0 if math.isnan(p11) else p11}

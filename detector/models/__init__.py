@@ -6,15 +6,28 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
 
+from detector.models.anchors import AnchorGrid
 from detector.models.backbones import build_backbone
+from detector.models.box_coder import BoxCoder
 from detector.models.faster_rcnn import FasterRCNNDetector
-from detector.models.retinanet import RetinaNet
+from detector.models.fpn import FPN
+from detector.models.matcher import BatchMatcher
+from detector.models.retinanet import DetectionSettings, RetinaNet, Subnet
+from detector.models.retinanet_loss import CLS_LOSSES, OHEMSampler, RetinaNetLoss
 
-__all__ = ["FasterRCNNDetector", "RetinaNet", "build_backbone", "build_model", "build_retinanet"]
+__all__ = [
+    "FasterRCNNDetector",
+    "RetinaNet",
+    "build_backbone",
+    "build_model",
+    "build_retinanet",
+    "build_retinanet_loss",
+]
 
 
 def _backbone(model_cfg: Any) -> nn.Module:
@@ -22,38 +35,60 @@ def _backbone(model_cfg: Any) -> nn.Module:
     return build_backbone(b.name, b.pretrained, b.trainable_layers, b.mobilenet_c5_layer)
 
 
-def build_retinanet(model_cfg: Any, num_classes: int) -> RetinaNet:
-    """RetinaNet from the `model` config section."""
-    loss, head, anchors = model_cfg.loss, model_cfg.head, model_cfg.anchors
-    return RetinaNet(
-        _backbone(model_cfg),
-        num_classes,
-        fpn_channels=model_cfg.fpn.channels,
-        p6_from=model_cfg.fpn.p6_from,
-        head_channels=head.channels,
-        head_depth=head.depth,
-        head_norm=head.norm,
-        anchor_sizes=list(anchors.sizes),
-        anchor_scales=list(anchors.scales),
-        anchor_ratios=list(anchors.ratios),
-        cls_loss=loss.cls,
+def build_retinanet_loss(model_cfg: Any, box_coder: BoxCoder) -> RetinaNetLoss:
+    """The criterion from the `model` section: its `loss` settings and the matcher's IoU thresholds."""
+    loss = model_cfg.loss
+    if loss.cls not in CLS_LOSSES:
+        raise ValueError(f"classification loss must be one of {CLS_LOSSES}, got {loss.cls!r}")
+    ohem = None
+    if loss.cls == "ohem":
+        ohem = OHEMSampler(float(loss.ohem_neg_pos_ratio), int(loss.ohem_budget), float(loss.ohem_nms))
+    return RetinaNetLoss(
+        BatchMatcher(model_cfg.fg_iou_thresh, model_cfg.bg_iou_thresh, allow_low_quality_matches=True),
+        box_coder,
         alpha=loss.alpha,
         gamma=loss.gamma,
-        prior=loss.prior,
-        ohem_neg_pos_ratio=loss.ohem_neg_pos_ratio,
-        ohem_budget=loss.ohem_budget,
-        ohem_nms=loss.ohem_nms,
+        ohem=ohem,
         box_loss=loss.box,
         smooth_l1_beta=loss.smooth_l1_beta,
         box_weight=loss.box_weight,
-        loss_normalize=loss.normalize,
-        fg_iou_thresh=model_cfg.fg_iou_thresh,
-        bg_iou_thresh=model_cfg.bg_iou_thresh,
+        normalize=loss.normalize,
+    )
+
+
+def build_retinanet(model_cfg: Any, num_classes: int) -> RetinaNet:
+    """RetinaNet from the `model` config section: backbone, FPN, heads, anchors, box coder, loss."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    head, a, loss = model_cfg.head, model_cfg.anchors, model_cfg.loss
+    if len(a.sizes) != 5:
+        raise ValueError(f"anchor sizes need one value per level P3..P7 (5), got {list(a.sizes)}")
+    if not 0.0 < loss.prior < 1.0:
+        raise ValueError(f"classifier prior must be in (0, 1), got {loss.prior}")
+    backbone = _backbone(model_cfg)
+    fpn = FPN(backbone.out_channels, model_cfg.fpn.channels, model_cfg.fpn.p6_from)
+    anchors = AnchorGrid(list(a.sizes), list(a.scales), list(a.ratios))
+    per_location = anchors.num_anchors_per_location
+    channels = model_cfg.fpn.channels
+    cls_bias = -math.log((1 - loss.prior) / loss.prior)  # every anchor starts at p = prior
+    cls_head = Subnet(channels, head.channels, head.depth, head.norm, per_location, num_classes, cls_bias)
+    box_head = Subnet(channels, head.channels, head.depth, head.norm, per_location, 4, 0.0)
+    box_coder = BoxCoder(list(model_cfg.box_coder_weights))
+    detection = DetectionSettings(
         score_thresh=model_cfg.score_thresh,
         topk_candidates=model_cfg.topk_candidates,
         nms_thresh=model_cfg.nms_thresh,
         detections_per_img=model_cfg.detections_per_img,
-        box_coder_weights=list(model_cfg.box_coder_weights),
+    )
+    return RetinaNet(
+        backbone,
+        fpn,
+        cls_head,
+        box_head,
+        anchors,
+        box_coder,
+        build_retinanet_loss(model_cfg, box_coder),
+        detection,
         channels_last=getattr(model_cfg, "channels_last", True),
     )
 

@@ -26,7 +26,7 @@ def cell_anchors(
 
 
 class AnchorGrid(nn.Module):
-    """Per-level anchors for a square or rectangular input; `forward` returns them concatenated over levels.
+    """Per-level anchors for a square or rectangular input; `grid` returns them concatenated over levels.
 
     `sizes[l]` is the base size of level l; each level gets `size * scale` for every scale and every ratio.
     """
@@ -83,8 +83,3 @@ class AnchorGrid(nn.Module):
             self._cache.clear()
         self._cache[key] = out
         return out
-
-    def forward(self, image_size: tuple[int, int], features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Anchors [A, 4] for feature maps `features` of an input of `image_size` (H, W)."""
-        grids = [tuple(f.shape[-2:]) for f in features]
-        return self.grid(image_size, grids, features[0].device, features[0].dtype)[0]

@@ -8,14 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+P6_SOURCES = ("c5", "p5")  # P6 from C5 (torchvision v1) or from P5 (v2)
+
 
 class FPN(nn.Module):
     """Lateral 1x1 + output 3x3 convs on C3-C5, nearest top-down; P6 from C5 or P5, P7 from relu(P6)."""
 
     def __init__(self, in_channels: Sequence[int], channels: int = 256, p6_from: str = "p5") -> None:
         super().__init__()
-        if p6_from not in ("c5", "p5"):
-            raise ValueError(f"fpn p6_from must be 'c5' or 'p5', got {p6_from!r}")
+        if p6_from not in P6_SOURCES:
+            raise ValueError(f"fpn p6_from must be one of {P6_SOURCES}, got {p6_from!r}")
         self.p6_from = p6_from
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)

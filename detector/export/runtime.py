@@ -2,13 +2,13 @@
 
 `OnnxDetector(path)(images uint8 [B, 3, S, S]) -> list[dict(boxes, scores, labels)]`, like the PyTorch
 model in eval mode, with class names, input size and config read from the model's metadata. It is an
-`nn.Module` so that the evaluation and speed helpers written for the PyTorch detector take it unchanged.
+`nn.Module` so that prediction (`detector.inference.predict.predict`, tiling included), evaluation and the
+speed helpers written for the PyTorch detector take it unchanged.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector.export import FORMAT_VERSION, require_onnx, unpad
+from detector.export.onnx import FORMAT_VERSION, require_onnx, unpad
 
-__all__ = ["OnnxDetector", "predict_onnx"]
+__all__ = ["OnnxDetector"]
 
 
 class OnnxDetector(nn.Module):
@@ -99,19 +99,3 @@ class OnnxDetector(nn.Module):
     def forward(self, images: torch.Tensor | np.ndarray) -> list[dict[str, torch.Tensor]]:
         """Detections per image in the S x S input frame (boxes, scores, labels 1..C), by score."""
         return unpad(*self.run(images))
-
-
-def predict_onnx(
-    detector: OnnxDetector, images: Sequence[torch.Tensor], batch_size: int = 1
-) -> list[dict[str, torch.Tensor]]:
-    """Detections for uint8 images of any size in original pixels, as `detector.inference.predict` gives."""
-    from detector.data.transforms import boxes_to_original
-    from detector.inference import letterbox_batch
-
-    results: list[dict[str, torch.Tensor]] = []
-    for start in range(0, len(images), batch_size):
-        batch, metas = letterbox_batch(images[start : start + batch_size], detector.size)
-        for out, meta in zip(detector(batch), metas, strict=True):
-            boxes = boxes_to_original(out["boxes"], meta["scale"], meta["pad"], meta["orig_size"])
-            results.append({"boxes": boxes, "scores": out["scores"], "labels": out["labels"]})
-    return results

@@ -1,0 +1,1 @@
+"""Inference: prediction with exported weights (`predict`), tiles of large images, map coordinates."""

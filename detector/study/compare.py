@@ -1,0 +1,311 @@
+"""The one-stage vs two-stage study (`tools/compare.py`): four detectors through the same data, loop and
+metrics; accuracy over seeds, cost (parameters, GFLOPs, train s/step) and speed at several input sizes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detector.study.runs import Variant
+
+__all__ = ["PAPER_HEAD", "ComparePlan", "assign_weights", "run_compare", "variants"]
+
+PAPER_HEAD = (
+    "model.fpn.channels=256",
+    "model.head.channels=256",
+    "model.head.depth=4",
+    "model.head.norm=none",
+    "model.loss.box=l1",
+)
+
+
+@dataclass
+class ComparePlan:
+    """What `run_compare` trains and measures: configs, detectors, weights to reuse, sizes, seeds, timing."""
+
+    retinanet_config: str
+    faster_rcnn_config: str
+    overrides: list[str]
+    work_dir: str
+    out: str
+    command: str
+    device: str = "cpu"
+    only: list[str] | None = None
+    weights: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=lambda: [256, 320, 416, 512])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    fps_iters: int = 10
+    time_steps: int = 5
+    time_warmup: int = 2
+    reuse: bool = False
+
+
+def variants(retinanet_config: str, faster_rcnn_config: str) -> list:
+    """The four detectors of the comparison (see the module docstring)."""
+    return [
+        Variant("retinanet_compact", "RetinaNet, ours (config head)", retinanet_config),
+        Variant("retinanet", "RetinaNet, ours (256x4 head)", retinanet_config, PAPER_HEAD),
+        Variant(
+            "torchvision_retinanet",
+            "RetinaNet, torchvision (256x4 head)",
+            retinanet_config,
+            (*PAPER_HEAD, "model.name=torchvision_retinanet"),
+        ),
+        Variant("faster_rcnn", "Faster R-CNN, torchvision", faster_rcnn_config),
+    ]
+
+
+def assign_weights(paths: list[str], chosen: list[Variant], overrides: list[str]) -> dict[str, str]:
+    """Which detector each exported weights file stands in for: the one whose model section equals the
+    file's stored config (the architecture decides; data and schedule may differ)."""
+    from detector.config import from_yaml, load_config
+    from detector.weights import read_config
+
+    models = {v.name: _architecture(load_config(v.config, [*v.overrides, *overrides]).model) for v in chosen}
+    given: dict[str, str] = {}
+    for path in paths:
+        stored = _architecture(from_yaml(read_config(path)).model)
+        match = [name for name, m in models.items() if m == stored]
+        if len(match) != 1:
+            raise ValueError(
+                f"--weights {path}: its model fits {', '.join(match) or 'none'} of the detectors "
+                f"{list(models)}; give weights of exactly one of them"
+            )
+        if match[0] in given:
+            raise ValueError(f"--weights: {given[match[0]]} and {path} are both {match[0]}")
+        given[match[0]] = path
+    return given
+
+
+def _architecture(model_cfg: Any) -> Any:
+    """A model section with `backbone.pretrained` blanked: where the initial weights came from does not make
+    another model."""
+    out = copy.deepcopy(model_cfg)
+    out.backbone.pretrained = None
+    return out
+
+
+def run_compare(plan: ComparePlan) -> Path:
+    """Train (or load) each detector per seed, measure cost and speed on the first seed's model, evaluate at
+    every size, and write compare.md, .json and the speed/accuracy PNG into `plan.out`; returns compare.md."""
+    from detector.reporting import machine_description, write_json
+    from detector.study.cost import (
+        count_gflops,
+        curve_crossings,
+        evaluate_at_sizes,
+        first_train_batch,
+        time_train_steps,
+    )
+    from detector.study.runs import load_variant, study_config, train_variant
+    from detector.visualize import plot_speed_accuracy
+
+    args = plan
+    all_variants = variants(args.retinanet_config, args.faster_rcnn_config)
+    names = [v.name for v in all_variants]
+    unknown = sorted(set(args.only or []) - set(names))
+    if unknown:
+        raise ValueError(f"--only: unknown detectors {unknown}; expected some of {names}")
+    chosen = [v for v in all_variants if not args.only or v.name in args.only]
+    given = assign_weights(args.weights, all_variants, args.overrides)
+    results = []
+    for variant in chosen:
+        print(f"== {variant.name}: {variant.label}", flush=True)
+        row: dict = {}
+        for seed in args.seeds:
+            cfg = study_config(variant, args.overrides, args.work_dir, seed=seed, tag=f"s{seed}")
+            if variant.name in given:
+                trained = load_variant(variant.name, given[variant.name])
+                trained.cfg.data = cfg.data  # the study's data, whatever the weights were trained on
+            else:
+                trained = train_variant(variant.name, cfg, reuse=args.reuse)
+            trained.model.to(args.device)
+            size = int(cfg.data.size)
+            sizes = sorted(set(args.sizes) | {size})
+            if not row:  # the first seed's model: cost and speed
+                images, targets = first_train_batch(cfg)
+                row = {
+                    "name": variant.name,
+                    "label": variant.label,
+                    "model": trained.cfg.model.name,
+                    "train_size": size,
+                    "batch_size": int(cfg.data.batch_size),
+                    "steps": trained.steps,
+                    "fit_seconds": trained.fit_seconds,
+                    "params": sum(p.numel() for p in trained.model.parameters()),
+                    "gflops": count_gflops(trained.model, size, args.device),
+                    "train_s_per_step": time_train_steps(
+                        trained.model,
+                        images,
+                        targets,
+                        steps=args.time_steps,
+                        warmup=args.time_warmup,
+                        precision=trained.cfg.train.precision,
+                    ),
+                    "seeds": [],
+                }
+            fps_iters = args.fps_iters if not row["seeds"] else 0
+            row["seeds"].append(
+                {
+                    "seed": seed,
+                    "weights": trained.weights,
+                    "steps": trained.steps,
+                    "fit_seconds": trained.fit_seconds,
+                    "by_size": evaluate_at_sizes(trained, sizes, fps_iters=fps_iters),
+                }
+            )
+            del trained
+        row["weights"] = row["seeds"][0]["weights"]
+        row["by_size"] = mean_over_seeds(row["seeds"])
+        row["at_train_size"] = next(r for r in row["by_size"] if r["size"] == row["train_size"])
+        results.append(row)
+
+    out = Path(args.out)
+    curves = {
+        r["label"]: [(s["latency_end_to_end_ms"], s["voc_ap"] or 0.0, s["size"]) for s in r["by_size"]]
+        for r in results
+    }
+    png = plot_speed_accuracy(
+        curves, out / "compare_speed_accuracy.png", ylabel="VOC AP50 (area), test split"
+    )
+    crossings = curve_crossings(curves)
+    machine = machine_description(args.device)
+    markdown = render(results, args, crossings, machine, png.name)
+    (out / "compare.md").write_text(markdown)
+    write_json(
+        out / "compare.json",
+        {
+            "machine": machine,
+            "device": args.device,
+            "command": args.command,
+            "crossings": crossings,
+            "results": results,
+        },
+    )
+    print(markdown)
+    print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {png}")
+    return out / "compare.md"
+
+
+def mean_over_seeds(seeds: list[dict]) -> list[dict]:
+    """Per input size: the first seed's row (its speed) with accuracy averaged over the seeds, and the
+    spread of VOC AP and COCO AP (`study.seed_summary`) under `voc_ap_seeds` / `coco_ap_seeds`."""
+    from detector.study.ablation import seed_summary
+
+    rows = []
+    for i, first in enumerate(seeds[0]["by_size"]):
+        per_seed = [s["by_size"][i] for s in seeds]
+        voc = seed_summary([r["voc_ap"] for r in per_seed])
+        coco = {k: seed_summary([r["coco"][k] for r in per_seed])["mean"] for k in first["coco"]}
+        rows.append(
+            {
+                **first,
+                "voc_ap": voc["mean"],
+                "voc_ap_07": seed_summary([r["voc_ap_07"] for r in per_seed])["mean"],
+                "coco": coco,
+                "voc_ap_seeds": voc,
+                "coco_ap_seeds": seed_summary([r["coco"]["AP"] for r in per_seed]),
+            }
+        )
+    return rows
+
+
+def seed_table(results: list[dict], seeds: list[int]) -> list[str]:
+    """Each seed's VOC AP at the training size, then the spread: lines of markdown."""
+    from detector.reporting import fmt, fmt_spread, markdown_table
+
+    rows = []
+    for r in results:
+        at = r["train_size"]
+        per_seed = [next(s for s in run["by_size"] if s["size"] == at)["voc_ap"] for run in r["seeds"]]
+        a = r["at_train_size"]
+        rows.append(
+            [r["label"], *map(fmt, per_seed), fmt_spread(a["voc_ap_seeds"]), fmt_spread(a["coco_ap_seeds"])]
+        )
+    header = ["detector", *(f"seed {s}" for s in seeds), "VOC AP", "COCO AP"]
+    return [f"VOC AP per seed at {results[0]['train_size']} px:", "", markdown_table(header, rows)]
+
+
+def render(results: list[dict], args: ComparePlan, crossings: list[str], machine: str, png: str) -> str:
+    """The comparison as markdown: main table, AP/latency by size, crossings, machine and command."""
+    from detector.reporting import fmt, fmt_spread, markdown_table
+
+    several = len(args.seeds) > 1
+    header = [
+        "detector",
+        "params (M)",
+        "GFLOPs",
+        "train s/step",
+        "FPS model bs1",
+        "FPS e2e bs1",
+        "VOC AP",
+        "VOC07 11-pt AP",
+        "COCO AP",
+        "AP50",
+        "AP75",
+    ]
+    rows = []
+    for r in results:
+        a = r["at_train_size"]
+        rows.append(
+            [
+                r["label"],
+                fmt(r["params"] / 1e6, 2),
+                fmt(r["gflops"], 2),
+                fmt(r["train_s_per_step"], 3),
+                fmt(a["fps_model_bs1"], 1),
+                fmt(a["fps_end_to_end_bs1"], 1),
+                fmt_spread(a["voc_ap_seeds"]) if several else fmt(a["voc_ap"]),
+                fmt(a["voc_ap_07"]),
+                fmt_spread(a["coco_ap_seeds"]) if several else fmt(a["coco"]["AP"]),
+                fmt(a["coco"]["AP50"]),
+                fmt(a["coco"]["AP75"]),
+            ]
+        )
+    sizes = sorted({s["size"] for r in results for s in r["by_size"]})
+    by_size = [
+        [
+            r["label"],
+            *(
+                next(
+                    (
+                        f"{fmt(s['voc_ap'])} / {fmt(s['latency_end_to_end_ms'], 1)} ms"
+                        for s in r["by_size"]
+                        if s["size"] == size
+                    ),
+                    "-",
+                )
+                for size in sizes
+            ),
+        ]
+        for r in results
+    ]
+    first = results[0]
+    # weights exported before the step count was stored have none: any seed's count says the schedule
+    steps = next((s["steps"] for r in results for s in r["seeds"] if s["steps"]), None)
+    seeds = ", ".join(str(s) for s in args.seeds)
+    lines = [
+        "# One-stage vs two-stage detectors",
+        "",
+        f"Trained at {first['train_size']} px, batch {first['batch_size']}, {steps or '-'} steps "
+        "(same data, schedule and Lightning loop for all); evaluated on the test split.",
+        f"Seeds {seeds}: accuracy is the mean over the seeds (VOC AP and COCO AP: mean ± sample std "
+        "(min-max)), cost and speed are the first seed's model."
+        if several
+        else f"Seed {seeds}.",
+        "",
+        markdown_table(header, rows),
+        f"VOC AP at each input size / end-to-end latency per image at batch 1 (plot: `{png}`):",
+        "",
+        markdown_table(["detector", *(f"{s} px" for s in sizes)], by_size),
+        "Curves cross: " + ("; ".join(crossings) if crossings else "nowhere in the measured range") + ".",
+        "",
+        *(seed_table(results, args.seeds) if several else []),
+        f"Machine: {machine}.",
+        "",
+        f"Command: `{args.command}`",
+        "",
+    ]
+    return "\n".join(lines)
