@@ -77,11 +77,12 @@ def _format_of(data_cfg: Any, root: str, split: str) -> str:
     return fmt
 
 
-def dataset_class_names(data_cfg: Any) -> list[str]:
-    """The class list of a DataConfig: ``data.classes`` when given, else the training split's own names."""
+def dataset_class_names(data_cfg: Any, split: str | None = None) -> list[str]:
+    """The class list of a DataConfig: ``data.classes`` when given, else the names the dataset gives
+    (of ``split``, default the training split)."""
     if list(data_cfg.classes):
         return list(data_cfg.classes)
-    split = data_cfg.train_split
+    split = split or data_cfg.train_split
     root = _split_roots(data_cfg, split)[0]
     fmt = _format_of(data_cfg, root, split)
     if fmt == "coco":
