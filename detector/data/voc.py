@@ -143,7 +143,8 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> VOCAnnotation:
     """Parse one VOC annotation file with defusedxml (no DTDs, entities or external references).
 
     ``<difficult>`` missing or empty counts as 0; ``<truncated>``, ``<pose>``, ``<occluded>``, parts and other
-    extra tags are ignored. Raises :class:`VOCFormatError` naming the file for anything malformed.
+    extra tags are ignored. Raises :class:`VOCFormatError` naming the file for anything malformed, including
+    swapped corners (``xmax < xmin - 1``; ``xmax == xmin - 1`` is an empty box, dropped with a warning).
     """
     path = Path(path)
     try:
@@ -179,6 +180,11 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> VOCAnnotation:
             _parse_number(_child_text(bndbox, tag), f"{where} <{tag}>", path)
             for tag in ("xmin", "ymin", "xmax", "ymax")
         )
+        for lo, hi, lo_tag, hi_tag in ((xmin, xmax, "xmin", "xmax"), (ymin, ymax, "ymin", "ymax")):
+            if hi < lo - 1.0:  # 1-based inclusive: hi == lo - 1 is empty (dropped later); below it, swapped
+                raise VOCFormatError(
+                    f"{path}: {where} has swapped corners: <{hi_tag}> {hi:g} is before <{lo_tag}> {lo:g}"
+                )
         diff_text = _child_text(obj, "difficult")
         is_difficult = diff_text is not None and _parse_number(diff_text, f"{where} <difficult>", path) != 0
         names.append(name)
