@@ -114,3 +114,32 @@ def test_yolo_training_loader_yields_the_negative(tmp_path: Path) -> None:
     items = _all_items(dm.train_dataloader())
     assert len(items) == 2 and sorted(len(t["labels"]) for t in items) == [0, 1]
     assert {t["image_id"] for t in items} == {"a", "neg"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["coco", "yolo"])
+def test_training_takes_its_classes_from_a_coco_or_yolo_dataset(tmp_path: Path, fmt: str) -> None:
+    """fit() on a dataset focaldet has never seen, data.classes left empty: the exported weights carry the
+    dataset's own class names."""
+    from lit_helpers import tiny_config
+
+    from detector.inference import load_detector
+    from detector.lit import fit
+
+    if fmt == "coco":
+        tiny_coco(tmp_path / "d")
+        tiny_coco(tmp_path / "d", split="val")
+        splits = [
+            "data.train_split=annotations/train.json",
+            "data.val_split=annotations/val.json",
+            "data.test_split=annotations/val.json",
+        ]
+        names = ["cat", "dog", "bird"]
+    else:
+        _yolo(tmp_path / "d")
+        splits = ["data.train_split=train", "data.val_split=val", "data.test_split=val"]
+        names = ["cat", "dog"]
+    cfg = tiny_config(tmp_path / "d", tmp_path, "data.classes=[]", *splits)
+    result = fit(cfg)
+    _, _, class_names = load_detector(result.weights)
+    assert class_names == names and result.steps == 1  # one epoch of one batch (drop_last)
