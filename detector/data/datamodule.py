@@ -31,6 +31,7 @@ __all__ = [
     "ResumableLoader",
     "SeededAugmentation",
     "VOCDataModule",
+    "DetectionDataModule",
     "collate_detection",
 ]
 
@@ -236,3 +237,6 @@ class VOCDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_dataset, "predict")
+
+
+DetectionDataModule = VOCDataModule  # the same module for VOC, COCO and YOLO; the old name stays for callers
