@@ -6,10 +6,10 @@ The reader is chosen by ``data.format`` (or detected, see :mod:`detector.data.fo
 
 Every batch has one fixed input size (the letterbox square), so the model builds its anchors once per size.
 Training order and augmentation are functions of (seed, epoch, index) alone: the sampler shuffles with a
-generator seeded by (seed, epoch), and each item's augmentation is reseeded from (seed, epoch, index) before it
-is loaded. So no two items or workers repeat each other, the worker count does not change what is drawn, and
-the train loader is resumable: Lightning saves its position in each checkpoint, and a run resumed mid-epoch
-sees exactly the batches an uninterrupted run sees.
+generator seeded by (seed, epoch), and each item's augmentation is reseeded from (seed, epoch, index) before
+it is loaded. So no two items or workers repeat each other, the worker count does not change what is drawn,
+and the train loader is resumable: Lightning saves its position in each checkpoint, and a run resumed
+mid-epoch sees exactly the batches an uninterrupted run sees.
 """
 
 from __future__ import annotations
