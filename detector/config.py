@@ -90,9 +90,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    root: Any = "data/trees"  # one VOC year folder or a list of them (VOC07+12)
+    root: Any = "data/trees"  # one dataset folder or a list of them (VOC07+12)
     eval_root: Any = None  # folder(s) of the val/test splits; null: data.root (VOC07+12 tests on VOC2007)
-    classes: list[str] = field(default_factory=lambda: ["tree"])
+    # [] (default): from the dataset (COCO categories, YOLO data.yaml names); VOC needs them listed.
+    # Given for COCO / YOLO: selects and orders the file's classes by name.
+    classes: list[str] = field(default_factory=list)
+    format: str | None = None  # voc | coco | yolo; null: detected from the root's layout
+    # A COCO split names its annotation file relative to the root (train_split=annotations/train.json);
+    # a YOLO split names images/<split>/ and labels/<split>/.
+    skip_empty_train: bool = False  # true: drop training images without objects (default: kept as negatives)
     train_split: str = "train"
     val_split: str = "test"
     test_split: str = "test"
@@ -188,7 +194,13 @@ def _validate(cfg: Config) -> None:
         (cfg.data.size > 0 and cfg.data.size % 32 == 0, "data.size", "a positive multiple of 32"),
         (cfg.data.batch_size > 0, "data.batch_size", "positive"),
         (cfg.data.workers >= 0, "data.workers", ">= 0"),
-        (len(cfg.data.classes) > 0, "data.classes", "a non-empty list of class names"),
+        (
+            all(isinstance(c, str) and c for c in cfg.data.classes)
+            and len(set(cfg.data.classes)) == len(cfg.data.classes),
+            "data.classes",
+            "distinct non-empty class names ([]: from the dataset, for COCO and YOLO)",
+        ),
+        (cfg.data.format in (None, "voc", "coco", "yolo"), "data.format", "voc, coco, yolo or null (detect)"),
         (cfg.train.optimizer in ("sgd", "adamw"), "train.optimizer", "sgd or adamw"),
         (cfg.train.schedule in ("cosine", "step"), "train.schedule", "cosine or step"),
         (cfg.train.lr > 0, "train.lr", "positive"),

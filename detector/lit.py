@@ -486,13 +486,13 @@ def fit(cfg: Config, resume: str | Path | None = None, callbacks: Sequence[Callb
     `<output.weights_dir>/<output.name>.safetensors`. With `train.checkpoint_every_n_steps=N`, `last.ckpt` is
     also rewritten every N steps. A resume checkpoint whose tensors do not fit the model is a WeightsError.
     """
-    from detector.data.datamodule import VOCDataModule
+    from detector.data.datamodule import DetectionDataModule
 
     _check_request(cfg, resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     run_dir = Path(cfg.output.dir) / cfg.output.name
     ckpt_dir = run_dir / "checkpoints"
-    dm = VOCDataModule(cfg.data, seed=cfg.train.seed)
+    dm = DetectionDataModule(cfg.data, seed=cfg.train.seed)
     module = DetectorModule(cfg, _class_names_of(dm, cfg))
     if resume is not None:  # a checkpoint of another architecture or class count: say what differs
         from detector.weights import check_state_dict

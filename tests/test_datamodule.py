@@ -1,4 +1,4 @@
-"""VOCDataModule and collate: letterboxed uint8 batches, list targets, several roots, worker processes."""
+"""DetectionDataModule and collate: letterboxed uint8 batches, list targets, several roots, workers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detector.config import DataConfig
-from detector.data.datamodule import VOCDataModule, collate_detection
+from detector.data.datamodule import DetectionDataModule, collate_detection
 
 SIZE = 64
 
@@ -58,7 +58,7 @@ def test_collate_stacks_images_and_lists_targets():
 
 
 def test_train_val_loaders(voc_root):
-    dm = VOCDataModule(_cfg(str(voc_root)))
+    dm = DetectionDataModule(_cfg(str(voc_root)))
     assert dm.num_classes == 2 and dm.class_names == ["cat", "dog"]
     with pytest.raises(RuntimeError, match="before setup"):
         dm.train_dataloader()
@@ -82,7 +82,7 @@ def test_train_val_loaders(voc_root):
 def test_small_train_set_keeps_its_only_batch(tiny_voc):
     root = tiny_voc(n_images=2, split="train")
     tiny_voc(n_images=1, split="val", root=root)
-    dm = VOCDataModule(_cfg(str(root), batch_size=4))
+    dm = DetectionDataModule(_cfg(str(root), batch_size=4))
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 1 and batches[0][0].shape[0] == 2
@@ -91,7 +91,7 @@ def test_small_train_set_keeps_its_only_batch(tiny_voc):
 def test_two_roots_concatenate(voc_root, tiny_voc):
     other = tiny_voc(n_images=3, image_size=(70, 70), split="train", seed=5)
     tiny_voc(n_images=2, split="val", root=other, seed=6)
-    dm = VOCDataModule(_cfg([str(voc_root), str(other)], batch_size=3))
+    dm = DetectionDataModule(_cfg([str(voc_root), str(other)], batch_size=3))
     dm.setup(None)
     assert len(dm.train_dataset) == 8 and len(dm.val_dataset) == 5
     sizes = {tuple(t["orig_size"]) for _, ts in dm.val_dataloader() for t in ts}
@@ -102,7 +102,7 @@ def test_two_roots_concatenate(voc_root, tiny_voc):
 
 def test_one_worker_loads_and_is_reproducible(voc_root):
     def first_epoch(seed):
-        dm = VOCDataModule(_cfg(str(voc_root), workers=1), seed=seed)
+        dm = DetectionDataModule(_cfg(str(voc_root), workers=1), seed=seed)
         dm.setup("fit")
         loader = dm.train_dataloader()
         assert loader.persistent_workers and loader.num_workers == 1
@@ -117,10 +117,10 @@ def test_one_worker_loads_and_is_reproducible(voc_root):
 
 def test_bad_root_is_a_clear_error(tmp_path, voc_root):
     with pytest.raises(ValueError, match="data.root is empty"):
-        VOCDataModule(_cfg([])).setup("fit")
+        DetectionDataModule(_cfg([])).setup("fit")
     with pytest.raises(ValueError, match="data.eval_root is empty .reading split 'val'"):
-        VOCDataModule(_cfg(str(voc_root), eval_root=[])).setup("test")
-    dm = VOCDataModule(_cfg(str(tmp_path / "missing")))
+        DetectionDataModule(_cfg(str(voc_root), eval_root=[])).setup("test")
+    dm = DetectionDataModule(_cfg(str(tmp_path / "missing")))
     with pytest.raises(FileNotFoundError, match="missing"):
         dm.setup("fit")
 
@@ -132,8 +132,8 @@ def test_eval_root_holds_the_val_and_test_splits_and_root_the_training_split(tin
     tiny_voc(n_images=2, split="val", root=voc07, seed=2)
     tiny_voc(n_images=4, split="train", root=voc12, seed=3)
     with pytest.raises(FileNotFoundError, match="VOC2012.*val"):  # without eval_root: val read from both
-        VOCDataModule(_cfg([str(voc07), str(voc12)])).setup("test")
-    dm = VOCDataModule(_cfg([str(voc07), str(voc12)], eval_root=str(voc07)))
+        DetectionDataModule(_cfg([str(voc07), str(voc12)])).setup("test")
+    dm = DetectionDataModule(_cfg([str(voc07), str(voc12)], eval_root=str(voc07)))
     dm.setup(None)
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (7, 2, 2)
 
@@ -198,7 +198,7 @@ def test_train_loader_resumes_mid_epoch_with_the_batches_an_uninterrupted_run_se
     from detector.data.datamodule import ResumableLoader
 
     def loader(done: int) -> ResumableLoader:
-        dm = VOCDataModule(_cfg(str(voc_root), batch_size=2, color_jitter=True), seed=3)
+        dm = DetectionDataModule(_cfg(str(voc_root), batch_size=2, color_jitter=True), seed=3)
         dm.setup("fit")
         out = dm.train_dataloader()
         out._batches_done = lambda: done  # stands in for Lightning's progress counter

@@ -240,8 +240,10 @@ def expected_annotation(ann: dict):
         diff = _number(obj.difficult)
         if any(c is None or c is False for c in coords) or diff is False:
             return None
-        names.append(obj.name.strip())
         x1, y1, x2, y2 = coords
+        if x2 < x1 - 1 or y2 < y1 - 1:  # swapped corners (x2 == x1 - 1 is empty: dropped)
+            return None
+        names.append(obj.name.strip())
         boxes.append((x1 - 1, y1 - 1, x2, y2))
         difficult.append(diff is not None and diff != 0)
     return names, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(difficult, dtype=bool), size
@@ -474,8 +476,6 @@ def _box_xml(box: tuple[str, str, str, str], size: str | None = SIZE_XML) -> byt
         (("-1e30", "-1e30", "1e30", "1e30"), [0, 0, W, H]),  # huge: clipped to the image
         (("-1e39", "1", "1e39", "1e300"), [0, 0, W, H]),  # beyond float32: still clipped, no overflow warning
         (("-5", "-7", "10", "12"), [0, 0, 10, 12]),  # negative: clipped
-        (("20", "5", "10", "12"), None),  # swapped xmin > xmax: dropped
-        (("5", "20", "10", "12"), None),  # swapped ymin > ymax: dropped
         (("50", "40", "60", "70"), None),  # wholly outside the image: dropped
         (("11", "1", "10", "5"), None),  # xmin - 1 == xmax: zero width, dropped
     ],
@@ -492,6 +492,20 @@ def test_out_of_range_boxes_are_clipped_or_dropped_with_a_warning(
     assert str(root / "Annotations" / "ann.xml") in str(caught[0].message)
     assert ("dropped 1 degenerate" in str(caught[0].message)) == (expected is None)
     assert target["boxes"].tolist() == ([] if expected is None else [expected])
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        (("20", "5", "10", "12"), r"swapped corners: <xmax> 10 is before <xmin> 20"),
+        (("5", "20", "10", "12"), r"swapped corners: <ymax> 12 is before <ymin> 20"),
+        (("5", "5", "3.5", "12"), r"swapped corners: <xmax> 3.5 is before <xmin> 5"),
+    ],
+)
+def test_swapped_corners_are_an_error(tmp_path: Path, box: tuple[str, ...], message: str) -> None:
+    root = write_voc(tmp_path / "voc", _box_xml(box))
+    with pytest.raises(VOCFormatError, match=rf"ann\.xml: object #0 \('cat'\) has {message}"):
+        VOCDataset(root, "train", classes=CLASSES)
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def score_weights(weights: Path, args: argparse.Namespace) -> dict:
     import numpy as np
 
     from detector.config import apply_overrides, replace_section
-    from detector.data.datamodule import VOCDataModule
+    from detector.data.datamodule import DetectionDataModule
     from detector.evaluation.report import evaluate_split
     from detector.inference.predict import load_detector
     from detector.study.anchors import anchor_scores
@@ -93,7 +93,7 @@ def score_weights(weights: Path, args: argparse.Namespace) -> dict:
     cfg = apply_overrides(cfg, args.overrides)
     if args.split:
         cfg = replace_section(cfg, "data", test_split=args.split)
-    dm = VOCDataModule(cfg.data, seed=cfg.train.seed)
+    dm = DetectionDataModule(cfg.data, seed=cfg.train.seed, class_names=class_names)
     dm.setup("test")
     fg, bg, images = anchor_scores(model, dm.test_dataloader(), args.max_images)
     if fg.size == 0 or bg.size == 0:

@@ -82,7 +82,9 @@ def bench(args, cfg) -> int:  # noqa: ANN001
         model, _, class_names = load_detector(args.weights)
         origin = str(args.weights)
     else:
-        class_names = list(cfg.data.classes)
+        from detector.data.formats import dataset_class_names
+
+        class_names = list(cfg.data.classes) or dataset_class_names(cfg.data)
         model = build_model(cfg.model, len(class_names)).eval()
         origin = f"{args.config or cli.DEFAULT_CONFIG} (classifier bias calibrated)"
     if cfg.model.name != "retinanet":

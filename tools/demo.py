@@ -79,15 +79,12 @@ def demo(args, cfg) -> int:  # noqa: ANN001
 
 def draw_examples(model, cfg, class_names, folder: Path, score: float, count: int = 2) -> list[Path]:  # noqa: ANN001
     """Detections (score >= `score`) drawn on the first `count` test images that have ground truth."""
-    from detector.config import split_roots
+    from detector.data.formats import build_dataset
     from detector.data.images import read_image
-    from detector.data.voc import concat_voc
     from detector.inference.predict import predict
     from detector.visualize import draw_detections, save_image
 
-    dataset = concat_voc(
-        split_roots(cfg.data, cfg.data.test_split), cfg.data.test_split, classes=list(class_names)
-    )
+    dataset = build_dataset(cfg.data, cfg.data.test_split, classes=list(class_names))
     records = [r for r in dataset.records if len(r.labels)][:count] or dataset.records[:count]
     written = []
     for rec in records:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, cfg) -> int:  # noqa: ANN001
     from detector.config import replace_section
-    from detector.data.datamodule import VOCDataModule
+    from detector.data.datamodule import DetectionDataModule
     from detector.inference.predict import load_detector
     from detector.reporting import fmt, machine_description, markdown_table, write_json
     from detector.study.anchors import hardest_shares, per_anchor_losses
@@ -58,11 +58,7 @@ def run(args: argparse.Namespace, cfg) -> int:  # noqa: ANN001
     model, _, class_names = load_detector(args.weights)
     if args.split:
         cfg = replace_section(cfg, "data", test_split=args.split)
-    if list(cfg.data.classes) != list(class_names):
-        raise ValueError(
-            f"data.classes {list(cfg.data.classes)} differ from the weights' classes {class_names}"
-        )
-    dm = VOCDataModule(cfg.data, seed=cfg.train.seed)
+    dm = DetectionDataModule(cfg.data, seed=cfg.train.seed, class_names=class_names)
     dm.setup("test")
     curves, counts = per_anchor_losses(model, dm.test_dataloader(), args.gammas, args.max_images)
     if counts["foreground"] == 0 or counts["background"] == 0:

@@ -1,11 +1,15 @@
-"""LightningDataModule for VOC-layout data: one or several year folders, letterboxed batches of uint8 images.
+"""LightningDataModule for VOC, COCO and YOLO data: one or several folders, letterboxed uint8 batches.
+
+The reader is chosen by ``data.format`` (or detected, see :mod:`detector.data.formats`); class names are
+``data.classes``, else the dataset's own. Images without objects stay in every split as negatives unless
+``data.skip_empty_train`` drops them from training.
 
 Every batch has one fixed input size (the letterbox square), so the model builds its anchors once per size.
 Training order and augmentation are functions of (seed, epoch, index) alone: the sampler shuffles with a
-generator seeded by (seed, epoch), and each item's augmentation is reseeded from (seed, epoch, index) before it
-is loaded. So no two items or workers repeat each other, the worker count does not change what is drawn, and
-the train loader is resumable: Lightning saves its position in each checkpoint, and a run resumed mid-epoch
-sees exactly the batches an uninterrupted run sees.
+generator seeded by (seed, epoch), and each item's augmentation is reseeded from (seed, epoch, index) before
+it is loaded. So no two items or workers repeat each other, the worker count does not change what is drawn,
+and the train loader is resumable: Lightning saves its position in each checkpoint, and a run resumed
+mid-epoch sees exactly the batches an uninterrupted run sees.
 """
 
 from __future__ import annotations
@@ -19,15 +23,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
 
-from detector.config import split_roots
+from detector.data.formats import build_dataset, dataset_class_names, drop_empty
 from detector.data.transforms import build_eval_transforms, build_train_transforms
-from detector.data.voc import concat_voc
 
 __all__ = [
     "EpochSeededSampler",
     "ResumableLoader",
     "SeededAugmentation",
-    "VOCDataModule",
+    "DetectionDataModule",
+    "DetectionDataModule",
     "collate_detection",
 ]
 
@@ -130,24 +134,39 @@ class ResumableLoader(DataLoader):
         self.sampler.resume(epoch, done * int(self.batch_size))
 
 
-class VOCDataModule(L.LightningDataModule):
-    """Train/val/test loaders over the VOC folders of a DataConfig (root, splits, classes, size, ...)."""
+class DetectionDataModule(L.LightningDataModule):
+    """Train/val/test loaders over the dataset folders of a DataConfig (root, format, splits, classes, ...).
 
-    def __init__(self, cfg: Any, seed: int = 0) -> None:
+    ``class_names`` (e.g. those of trained weights) fixes the class list every split is read with; by default
+    it is ``data.classes``, else the training split's own names (COCO categories, YOLO data.yaml names).
+    """
+
+    def __init__(self, cfg: Any, seed: int = 0, class_names: Sequence[str] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.seed = int(seed)
+        if class_names is not None and list(cfg.classes) and list(cfg.classes) != list(class_names):
+            from detector.config import ConfigError
+
+            raise ConfigError(
+                f"data.classes = {list(cfg.classes)} differ from the classes the weights were trained on "
+                f"({list(class_names)}); evaluate on data with the same class list"
+            )
+        self._class_names: list[str] | None = list(class_names) if class_names is not None else None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
 
     @property
     def num_classes(self) -> int:
-        return len(self.cfg.classes)
+        return len(self.class_names)
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.cfg.classes)
+        """The class list (label i is ``class_names[i - 1]``), read from the dataset once when not given."""
+        if self._class_names is None:
+            self._class_names = dataset_class_names(self.cfg)
+        return list(self._class_names)
 
     def _dataset(self, split: str, train: bool) -> Dataset:
         transforms = (
@@ -155,10 +174,12 @@ class VOCDataModule(L.LightningDataModule):
             if train
             else build_eval_transforms(self.cfg.size)
         )
-        roots = split_roots(self.cfg, split)
-        dataset = concat_voc(roots, split, classes=list(self.cfg.classes), transforms=transforms)
+        dataset = build_dataset(self.cfg, split, transforms, classes=self.class_names)
+        if train and getattr(self.cfg, "skip_empty_train", False):
+            drop_empty(dataset)
         if len(dataset) == 0:
-            raise ValueError(f"split {split!r} of {roots} holds no images")
+            roots = [getattr(d, "root", "?") for d in dataset.datasets]
+            raise ValueError(f"split {split!r} of {[str(r) for r in roots]} holds no images")
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
@@ -182,7 +203,7 @@ class VOCDataModule(L.LightningDataModule):
     @staticmethod
     def _set_up(dataset: Dataset | None, what: str) -> Dataset:
         if dataset is None:
-            raise RuntimeError(f"VOCDataModule.{what}_dataloader() called before setup()")
+            raise RuntimeError(f"DetectionDataModule.{what}_dataloader() called before setup()")
         return dataset
 
     def _eval_loader(self, dataset: Dataset | None, what: str) -> DataLoader:

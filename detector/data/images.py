@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageReadError", "read_image", "to_rgb_array"]
+__all__ = ["ImageReadError", "read_image", "read_image_size", "to_rgb_array"]
 
 # Modes PIL uses for single-channel images wider than 8 bits. Their values are on a 16-bit scale
 # (16-bit PNG/TIFF files open as one of these), so they are scaled by 255/65535 rather than clipped at 255,
@@ -72,13 +72,8 @@ def _check_pixel_limit(path: Path, width: int, height: int) -> None:
         )
 
 
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Read an image file as a uint8 RGB tensor [3, H, W] with its EXIF orientation applied.
-
-    The whole file is decoded up front (``img.load()``), so a truncated file raises here, naming the file,
-    instead of silently yielding grey pixels. Raises :class:`ImageReadError` for every unreadable file.
-    """
-    path = Path(path)
+def _check_file(path: Path) -> int:
+    """The size in bytes of a regular, non-empty file (else ImageReadError naming it)."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -89,12 +84,58 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
         raise ImageReadError(f"{path}: is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
         raise ImageReadError(f"{path}: not a regular file")
-    size = st.st_size
-    if size == 0:
+    if st.st_size == 0:
         raise ImageReadError(f"{path}: image file is empty (0 bytes)")
+    return st.st_size
+
+
+def _fix_single_band_planar_tiff(img: Image.Image) -> None:
+    """One-band TIFFs tagged PlanarConfiguration=2 (GDAL writes them) mean the same as 1; PIL has no raw mode
+    for the (band, planar 2) pair, so retag them as 1 before decoding."""
+    tags = getattr(img, "tag_v2", None)
+    if img.format == "TIFF" and tags is not None and tags.get(284) == 2 and tags.get(277, 1) == 1:
+        tags[284] = 1
+        img._setup()  # re-derive the decoder from the tags (PIL's TiffImageFile API)
+
+
+_ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) of an image file as :func:`read_image` returns it (EXIF rotation applied), from the
+    header only: no pixel decoding. Raises :class:`ImageReadError` for a missing or unrecognised file."""
+    path = Path(path)
+    size = _check_file(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+            except Exception:  # a broken EXIF block: read_image fails on it too
+                orientation = 1
+    except UnidentifiedImageError as err:
+        raise ImageReadError(f"{path}: not a recognised image file ({size} bytes)") from err
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"{path}: image too large to decode safely ({err}); {_LIMIT_HINT}") from err
+    except Exception as err:  # OSError, SyntaxError from a broken header
+        raise ImageReadError(f"{path}: corrupt image header ({type(err).__name__}: {err})") from err
+    if width <= 0 or height <= 0:
+        raise ImageReadError(f"{path}: image header gives an empty size {width}x{height}")
+    return (width, height) if orientation in _ROTATED_ORIENTATIONS else (height, width)
+
+
+def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read an image file as a uint8 RGB tensor [3, H, W] with its EXIF orientation applied.
+
+    The whole file is decoded up front (``img.load()``), so a truncated file raises here, naming the file,
+    instead of silently yielding grey pixels. Raises :class:`ImageReadError` for every unreadable file.
+    """
+    path = Path(path)
+    size = _check_file(path)
     try:
         with Image.open(path) as img:
             _check_pixel_limit(path, *img.size)
+            _fix_single_band_planar_tiff(img)
             img.load()
             try:
                 oriented = ImageOps.exif_transpose(img)

@@ -3,7 +3,9 @@
 The rule is fixed (issue 2) so results compare across implementations: 400 px tiles at origins
 ``0, 400, 800, ...`` strictly below ``size - 400`` plus ``size - 400``; boxes in 0-based continuous
 coordinates shifted into the tile and clipped to ``[0, 400]``, kept when clipped width and height are >= 2 px
-and the clipped area is >= 50% of the original area; train tiles without boxes are dropped, test tiles kept.
+and the clipped area is >= 50% of the original area; train tiles without boxes are dropped, test tiles kept
+(``build_trees_dataset(..., keep_empty_train=True)`` keeps the empty train tiles too, as negatives; the
+bundled dataset and its published results use the default, False).
 
 Coordinates in the written XML: the source files hold whole pixels, and tile origins and clip bounds are whole
 pixels, so every written value is an integer and the 1-based round trip (``xmin + 1, ymin + 1, xmax, ymax``)
@@ -125,8 +127,9 @@ def _load_source(source_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return pixels, ann.boxes
 
 
-def make_tiles(source_dir: Path, name: str, split: str) -> list[Tile]:
-    """Cut one source image into tiles by the rule (row-major: y origin, then x origin)."""
+def make_tiles(source_dir: Path, name: str, split: str, keep_empty_train: bool = False) -> list[Tile]:
+    """Cut one source image into tiles by the rule (row-major: y origin, then x origin); empty train tiles
+    are dropped unless ``keep_empty_train``."""
     pixels, boxes = _load_source(source_dir, name)
     height, width = pixels.shape[:2]
     tiles = []
@@ -134,7 +137,7 @@ def make_tiles(source_dir: Path, name: str, split: str) -> list[Tile]:
         for ox in tile_origins(width):
             clipped, keep = tile_boxes(boxes, ox, oy)
             kept = clipped[keep]
-            if split == "train" and len(kept) == 0:
+            if split == "train" and len(kept) == 0 and not keep_empty_train:
                 continue
             truncated = np.any(kept != (boxes[keep] - [ox, oy, ox, oy]), axis=1)
             tiles.append(
@@ -157,7 +160,9 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
 
 
 def build_trees_dataset(
-    out_dir: str | os.PathLike[str], source_dir: str | os.PathLike[str] | None = None
+    out_dir: str | os.PathLike[str],
+    source_dir: str | os.PathLike[str] | None = None,
+    keep_empty_train: bool = False,
 ) -> dict[str, Any]:
     """Write the tree VOC folder (Annotations/, JPEGImages/*.png, ImageSets/Main/{train,test}.txt).
 
@@ -177,7 +182,7 @@ def build_trees_dataset(
         ids: list[str] = []
         n_boxes = 0
         for name in sources:
-            for tile in make_tiles(src, name, split):
+            for tile in make_tiles(src, name, split, keep_empty_train):
                 ids.append(tile.tile_id)
                 n_boxes += len(tile.boxes)
                 written += atomic_write_bytes(

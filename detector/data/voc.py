@@ -9,22 +9,31 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import defusedxml
 import defusedxml.ElementTree as DET
 import numpy as np
-import torch
-from torch.utils.data import ConcatDataset, Dataset
 
-from detector.data.images import read_image
 from detector.atomic import atomic_open
+from detector.data.records import (
+    BoxFixReport,
+    BoxFixWarning,
+    DataFormatError,
+    DataNotFoundError,
+    Record,
+    RecordConcatDataset,
+    RecordDataset,
+    Transforms,
+    check_classes,
+    clip_boxes,
+    clip_record_boxes,
+    to_float32_boxes,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -37,6 +46,7 @@ __all__ = [
     "VOCFormatError",
     "VOCObject",
     "VOCRecord",
+    "Transforms",
     "atomic_write_bytes",
     "clip_boxes",
     "concat_voc",
@@ -53,20 +63,15 @@ VOC_CLASSES: tuple[str, ...] = (
 # Looked up in this order for JPEGImages/{id}{ext}; then the XML's <filename> as a last resort.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-Transforms = Callable[[torch.Tensor, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
-
-
-class VOCFormatError(ValueError):
+class VOCFormatError(DataFormatError):
     """A VOC folder, split file or annotation is malformed; the message names the file and the problem."""
 
 
-class VOCFileNotFoundError(VOCFormatError, FileNotFoundError):
+class VOCFileNotFoundError(VOCFormatError, DataNotFoundError):
     """A VOC folder, split file or image that should exist does not."""
 
 
-class VOCBoxWarning(UserWarning):
+class VOCBoxWarning(BoxFixWarning):
     """Boxes were clipped to the image or dropped as degenerate (reported once per dataset, with counts)."""
 
 
@@ -82,17 +87,7 @@ class VOCAnnotation:
     difficult: np.ndarray  # bool [G]
 
 
-@dataclass(frozen=True)
-class VOCRecord:
-    """One image of a split: where it is and its (clipped, when the size is known) ground truth."""
-
-    image_id: str
-    image_path: Path
-    annotation_path: Path
-    boxes: np.ndarray  # float32 [G, 4] xyxy, 0-based continuous pixels
-    labels: np.ndarray  # int64 [G] in 1..C
-    difficult: np.ndarray  # bool [G]
-    size: tuple[int, int] | None  # (height, width) from the XML; None -> clipped when the image is read
+VOCRecord = Record  # the one record type of every reader (detector.data.records)
 
 
 @dataclass(frozen=True)
@@ -148,7 +143,8 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> VOCAnnotation:
     """Parse one VOC annotation file with defusedxml (no DTDs, entities or external references).
 
     ``<difficult>`` missing or empty counts as 0; ``<truncated>``, ``<pose>``, ``<occluded>``, parts and other
-    extra tags are ignored. Raises :class:`VOCFormatError` naming the file for anything malformed.
+    extra tags are ignored. Raises :class:`VOCFormatError` naming the file for anything malformed, including
+    swapped corners (``xmax < xmin - 1``; ``xmax == xmin - 1`` is an empty box, dropped with a warning).
     """
     path = Path(path)
     try:
@@ -184,6 +180,11 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> VOCAnnotation:
             _parse_number(_child_text(bndbox, tag), f"{where} <{tag}>", path)
             for tag in ("xmin", "ymin", "xmax", "ymax")
         )
+        for lo, hi, lo_tag, hi_tag in ((xmin, xmax, "xmin", "xmax"), (ymin, ymax, "ymin", "ymax")):
+            if hi < lo - 1.0:  # 1-based inclusive: hi == lo - 1 is empty (dropped later); below it, swapped
+                raise VOCFormatError(
+                    f"{path}: {where} has swapped corners: <{hi_tag}> {hi:g} is before <{lo_tag}> {lo:g}"
+                )
         diff_text = _child_text(obj, "difficult")
         is_difficult = diff_text is not None and _parse_number(diff_text, f"{where} <difficult>", path) != 0
         names.append(name)
@@ -197,23 +198,6 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> VOCAnnotation:
         boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
         difficult=np.asarray(difficult, dtype=bool),
     )
-
-
-def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Clip xyxy boxes to ``[0, width] x [0, height]``.
-
-    Returns ``(clipped boxes, keep mask, number of kept boxes that clipping changed)``; ``keep`` is False for
-    boxes with zero (or negative) width or height after clipping, judged in float32 (the dtype of records and
-    targets), so a box 1e-30 px wide is dropped rather than becoming zero-width when it is stored.
-    """
-    clipped = boxes.copy()
-    clipped[:, 0::2] = np.clip(clipped[:, 0::2], 0.0, float(width))
-    clipped[:, 1::2] = np.clip(clipped[:, 1::2], 0.0, float(height))
-    with np.errstate(over="ignore"):  # beyond float32's range is inf there, which compares correctly
-        stored = clipped.astype(np.float32)
-    keep = (stored[:, 2] > stored[:, 0]) & (stored[:, 3] > stored[:, 1])
-    changed = np.any(clipped != boxes, axis=1) & keep
-    return clipped, keep, int(changed.sum())
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -277,35 +261,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> bool:
 # ---------------------------------------------------------------------------------------------------- dataset
 
 
-class _BoxFixReport:
-    """Counts clipped / dropped boxes with one example file each, for the single per-dataset warning."""
-
-    def __init__(self) -> None:
-        self.clipped = 0
-        self.dropped = 0
-        self.clipped_example: Path | None = None
-        self.dropped_example: Path | None = None
-
-    def add(self, path: Path, clipped: int, dropped: int) -> None:
-        if clipped and self.clipped_example is None:
-            self.clipped_example = path
-        if dropped and self.dropped_example is None:
-            self.dropped_example = path
-        self.clipped += clipped
-        self.dropped += dropped
-
-    def message(self, where: str) -> str:
-        parts = []
-        if self.clipped:
-            parts.append(
-                f"clipped {self.clipped} box(es) extending outside the image (e.g. {self.clipped_example})"
-            )
-        if self.dropped:
-            parts.append(
-                f"dropped {self.dropped} degenerate box(es) with zero width or height after clipping "
-                f"(e.g. {self.dropped_example})"
-            )
-        return f"{where}: " + "; ".join(parts)
+_BoxFixReport = BoxFixReport  # kept for callers of the old private name
 
 
 def _read_split_ids(split_file: Path) -> list[str]:
@@ -327,22 +283,18 @@ def _find_image(root: Path, image_id: str, xml_filename: str | None) -> tuple[Pa
     return None, tried
 
 
-def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
-    names = tuple(classes)
-    if isinstance(classes, str) or not names or not all(isinstance(c, str) and c for c in names):
-        raise ValueError(f"classes must be a non-empty sequence of non-empty strings, got {classes!r}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"classes contain duplicates: {names!r}")
-    return names
+_check_classes = check_classes
 
 
-class VOCDataset(Dataset):
+class VOCDataset(RecordDataset):
     """One VOC year folder (``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/``) and one split.
 
-    Item: ``(image uint8 [3, H, W], target)``; ``target`` has ``boxes`` float32 [G, 4] xyxy 0-based
-    continuous, ``labels`` int64 [G] in 1..C (index into ``classes`` + 1), ``difficult`` bool [G],
-    ``image_id`` str and ``orig_size`` (H, W). ``transforms(image, target) -> (image, target)`` runs last.
+    A reader: it turns the split's XML files into :class:`Record` objects; items are the generic
+    :class:`RecordDataset` ones (``difficult`` is the ignore flag).
     """
+
+    error_class = VOCFormatError
+    warning_class = VOCBoxWarning
 
     def __init__(
         self,
@@ -353,11 +305,11 @@ class VOCDataset(Dataset):
     ) -> None:
         self.root = Path(root)
         self.split = split
-        self.class_names: tuple[str, ...] = _check_classes(classes)
-        self.transforms = transforms
-        self._class_to_label = {name: i + 1 for i, name in enumerate(self.class_names)}
-        self._lazy_warned = False  # XMLs without <size> are clipped at __getitem__; warn about that once
-        self.records: list[VOCRecord] = self._load_records()
+        names = check_classes(classes)
+        self._class_to_label = {name: i + 1 for i, name in enumerate(names)}
+        self.class_names: tuple[str, ...] = names  # _load_records names them in errors
+        description = f"VOC {self.root} split {split!r}"
+        super().__init__(self._load_records(), names, transforms, description=description)
 
     # -- construction ----------------------------------------------------------------------------------------
 
@@ -416,76 +368,30 @@ class VOCDataset(Dataset):
         labels = np.asarray([self._class_to_label[n] for n in ann.names], dtype=np.int64)
         boxes, difficult = ann.boxes, ann.difficult
         if ann.size is not None:
-            boxes, labels, difficult = self._clip(xml_path, boxes, labels, difficult, ann.size, report)
+            boxes, labels, difficult = clip_record_boxes(xml_path, boxes, labels, difficult, ann.size, report)
         return VOCRecord(
             image_id=image_id,
             image_path=image_path,
             annotation_path=xml_path,
             # Coordinates beyond float32 (e.g. 1e39 with no <size> to clip to) saturate instead of overflowing
             # to inf with a RuntimeWarning; they are clipped to the image when it is read.
-            boxes=np.clip(boxes, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32),
+            boxes=to_float32_boxes(boxes),
             labels=labels,
             difficult=difficult,
             size=ann.size,
         )
 
-    @staticmethod
-    def _clip(
-        path: Path,
-        boxes: np.ndarray,
-        labels: np.ndarray,
-        difficult: np.ndarray,
-        size: tuple[int, int],
-        report: _BoxFixReport,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        clipped, keep, n_changed = clip_boxes(boxes, *size)
-        report.add(path, n_changed, int((~keep).sum()))
-        return clipped[keep], labels[keep], difficult[keep]
-
     # -- access ----------------------------------------------------------------------------------------------
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        rec = self.records[index]
-        image = read_image(rec.image_path)
-        height, width = int(image.shape[1]), int(image.shape[2])
-        boxes, labels, difficult = rec.boxes, rec.labels, rec.difficult
-        if rec.size is None:
-            lazy = _BoxFixReport()
-            boxes, labels, difficult = self._clip(
-                rec.annotation_path, boxes, labels, difficult, (height, width), lazy
-            )
-            if (lazy.clipped or lazy.dropped) and not self._lazy_warned:
-                self._lazy_warned = True
-                where = (
-                    f"VOC {self.root} split {self.split!r} (annotation without <size>, clipped when read; "
-                    "later ones in this dataset are not reported again)"
-                )
-                warnings.warn(lazy.message(where), VOCBoxWarning, stacklevel=2)
-        elif rec.size != (height, width):
-            hint = ""
-            if rec.size == (width, height):
-                hint = " (sizes swapped: was it annotated before its EXIF rotation was applied?)"
-            raise VOCFormatError(
-                f"{rec.annotation_path}: <size> says {rec.size[1]}x{rec.size[0]} (width x height) but image "
-                f"{rec.image_path} is {width}x{height}{hint}"
-            )
-        target: dict[str, Any] = {
-            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "difficult": torch.tensor(difficult, dtype=torch.bool),
-            "image_id": rec.image_id,
-            "orig_size": (height, width),
-        }
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+    def size_mismatch(self, rec: Record, height: int, width: int) -> DataFormatError:
+        assert rec.size is not None
+        hint = ""
+        if rec.size == (width, height):
+            hint = " (sizes swapped: was it annotated before its EXIF rotation was applied?)"
+        return VOCFormatError(
+            f"{rec.annotation_path}: <size> says {rec.size[1]}x{rec.size[0]} (width x height) but image "
+            f"{rec.image_path} is {width}x{height}{hint}"
+        )
 
     def __repr__(self) -> str:
         n_boxes = sum(len(r.labels) for r in self.records)
@@ -493,30 +399,11 @@ class VOCDataset(Dataset):
                 f"boxes={n_boxes}, classes={len(self.class_names)})")
 
 
-class VOCConcatDataset(ConcatDataset):
+class VOCConcatDataset(RecordConcatDataset):
     """Several VOC datasets with the same classes (e.g. VOC07+12 trainval) as one dataset."""
 
     def __init__(self, datasets: Sequence[VOCDataset]) -> None:
-        datasets = list(datasets)
-        if not datasets:
-            raise ValueError("VOCConcatDataset needs at least one dataset")
-        names = datasets[0].class_names
-        for ds in datasets[1:]:
-            if ds.class_names != names:
-                raise ValueError(
-                    f"class lists differ: {ds.root} has {ds.class_names}, {datasets[0].root} has {names}"
-                )
         super().__init__(datasets)
-        self.class_names: tuple[str, ...] = names
-
-    @property
-    def records(self) -> list[VOCRecord]:
-        return [rec for ds in self.datasets for rec in ds.records]  # type: ignore[attr-defined]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
 
 def concat_voc(
     roots: Sequence[str | os.PathLike[str]],

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.config import Config, ConfigError, replace_section, split_roots
+from detector.config import Config, replace_section, split_roots
 from detector.data.ground_truth import detections_to_original, ground_truth_from_dataset, ground_truths_for
 
 __all__ = ["collect_predictions", "count_parameters", "evaluate_split", "measure_speed", "to_coco_results"]
@@ -83,18 +83,13 @@ def evaluate_split(
     FPS (model only at batch 1 and `data.batch_size`, end to end at batch 1; skipped when `fps_iters` is 0)
     and the parameter count. The `voc_ap` result (with precision/recall curves) is what the PR plots need.
     """
-    from detector.data.datamodule import VOCDataModule
+    from detector.data.datamodule import DetectionDataModule
     from detector.evaluation.coco import coco_ap
     from detector.evaluation.voc import voc_ap
 
-    if list(cfg.data.classes) != list(class_names):
-        raise ConfigError(
-            f"data.classes = {list(cfg.data.classes)} differ from the classes the weights were trained on "
-            f"({list(class_names)}); evaluate on data with the same class list"
-        )
     split = split or cfg.data.test_split
     data_cfg = replace_section(cfg, "data", test_split=split).data
-    dm = VOCDataModule(data_cfg, seed=cfg.train.seed)
+    dm = DetectionDataModule(data_cfg, seed=cfg.train.seed, class_names=class_names)  # refuses other classes
     dm.setup("test")
     loader = dm.test_dataloader()
     ids, dets, gts = collect_predictions(model, loader)

@@ -80,9 +80,9 @@ def time_train_steps(
 
 def first_train_batch(cfg: Config) -> tuple[torch.Tensor, list[dict]]:
     """One training batch (augmented, letterboxed to `data.size`) of the config's train split."""
-    from detector.data.datamodule import VOCDataModule
+    from detector.data.datamodule import DetectionDataModule
 
-    dm = VOCDataModule(cfg.data, seed=cfg.train.seed)
+    dm = DetectionDataModule(cfg.data, seed=cfg.train.seed)
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
 
