@@ -135,8 +135,8 @@ class ToolParser(argparse.ArgumentParser):
 
 
 def tool_config(args: argparse.Namespace, default_config: str | None = DEFAULT_CONFIG) -> Any:
-    """The tool's config: `--config`, else the config stored in `--resume` / `--weights`, else the default;
-    then the overrides. With weights and `--config`, the model stays the file's and only the data section of
+    """The tool's config: `--config`, else the config stored in `--resume` / `--weights`, else the default
+    (None: the typed defaults); then the overrides. With weights and `--config`, the model stays the file's and only the data section of
     the YAML is taken (the tensors decide the architecture)."""
     from detector.config import apply_overrides, load_config
 
@@ -151,11 +151,8 @@ def tool_config(args: argparse.Namespace, default_config: str | None = DEFAULT_C
         cfg = _stored_config(weights)
         if getattr(args, "config", None):
             cfg.data = load_config(args.config).data
-    else:
-        path = getattr(args, "config", None) or default_config
-        if path is None:
-            raise ValueError("no config: give --config YAML")
-        cfg = load_config(path)
+    else:  # no default config: the typed defaults
+        cfg = load_config(getattr(args, "config", None) or default_config)
     return apply_overrides(cfg, args.overrides)
 
 

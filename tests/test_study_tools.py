@@ -212,7 +212,7 @@ def test_anchor_losses_reproduce_the_models_own_classification_loss():
     total = sigmoid_focal_loss(logits, labels, 0.25, 2.0, reduction="sum") / (labels >= 0).sum()
     torch.testing.assert_close(total, expected, rtol=1e-4, atol=1e-6)
     fake = torch.nn.Linear(1, 1)
-    with pytest.raises(TypeError, match="our RetinaNet"):
+    with pytest.raises(ValueError, match="our RetinaNet"):
         anchors.anchor_logits_and_labels(fake, images, targets)
 
 
@@ -554,7 +554,7 @@ def test_ablate_loss_runs_a_small_grid_over_two_seeds(data, tmp_path, monkeypatc
     # --table-only: the runs that finished are tabled, the rest listed as not run, nothing is trained
     partial = [*argv, "--table-only"]
     partial[seeds_at + 1] = "1,3"
-    partial[partial.index("--only") + 1] = "fl_g2_a0.5"
+    partial[partial.index("--only") + 1] = "fl_g2_a0.5,ohem_b32_nms0.5"
     assert load_tool("ablate_loss").main(partial) == 0
     assert fitted == ["fl_g2_a0.25_s2", "ohem_b32_nms0.5_s2"]
     md = (out / "ablation.md").read_text()
