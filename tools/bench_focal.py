@@ -17,6 +17,14 @@ allocations, reduction and checks included; small inputs are bound by these). Th
 flushing the L2 cache, so an input smaller than L2 (H100: 50 MB; the tree size) shows cache bandwidth for the
 kernel and the copy alike.
 
+On the CPU it also times ``exp_log_bound``: ``torch.exp`` then ``torch.log`` over the same element count (the
+two transcendentals the fused loss needs, one pass each: the machine's throughput limit for this loss), and
+prints our time as a multiple of it; a ``torch.log1p`` probe (8M float32, one thread, beside exp and log)
+shows whether this process is one where the library's log1p is slow (docs/benchmarks.md); ``--first-call``
+times the first call in fresh processes with a cold and a warm inductor cache. Every run prints the
+machine's load average at start and end and warns when it is above 0.5 per core. Imports only torch,
+torchvision and detector.losses, so it runs in a plain ``pip install torch torchvision`` environment.
+
 Usage: ``python tools/bench_focal.py --device cpu --json out.json`` (``--quick`` for a tiny smoke run).
 """
 
@@ -29,6 +37,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +57,89 @@ SIZES = {
 }
 QUICK_SIZES = {"voc_quick": (4096, 20), "trees_quick": (3001, 1)}
 VARIANTS = ("ours", "torchvision", "tv_compiled")
+BOUND = "exp_log_bound"  # CPU only: exp + log over the same element count
+ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "LD_PRELOAD",
+    "TORCHINDUCTOR_CACHE_DIR",
+)
+
+
+def load_line(when: str) -> tuple[str, bool]:
+    """The 1/5/15-minute load average, and whether it is above 0.5 per core (figures are then unreliable)."""
+    load = os.getloadavg()
+    cores = os.cpu_count() or 1
+    high = load[0] > 0.5 * cores
+    text = f"load average at {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {cores} cores"
+    if high:
+        text += " -- WARNING: above 0.5 per core; other processes share the CPU, times are inflated"
+    return text, high
+
+
+def log1p_probe(elements: int = 8 << 20, repeats: int = 5) -> dict:
+    """ms of torch.log1p, torch.exp and torch.log over ``elements`` float32 on one thread (best of repeats,
+    into a preallocated output): log1p several times slower than exp marks a process where the library's
+    log1p is slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.rand(elements, generator=torch.Generator().manual_seed(0)) * 3
+        out = torch.empty_like(x)
+        best = {}
+        for name, fn in (("log1p", torch.log1p), ("exp", torch.exp), ("log", torch.log)):
+            fn(x, out=out)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn(x, out=out)
+                times.append((time.perf_counter() - t0) * 1e3)
+            best[name] = min(times)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "elements": elements,
+        **{f"{k}_ms": v for k, v in best.items()},
+        "log1p_over_exp": best["log1p"] / best["exp"],
+    }
+
+
+def _exp_log_bound(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """exp then log over the logits' element count (what the loss must compute at least once per element)."""
+    flat = logits.detach().reshape(-1)
+    buf = _exp_log_bound.buffers.get(flat.shape)
+    if buf is None:
+        buf = _exp_log_bound.buffers.setdefault(flat.shape, torch.empty_like(flat))
+    torch.exp(flat, out=buf)
+    torch.log(buf, out=buf)
+    return buf
+
+
+_exp_log_bound.buffers = {}
+
+
+def first_call_probe(n: int, c: int) -> dict:
+    """Seconds of the first forward + backward (compile included) in a fresh process with an empty inductor
+    cache, then in another fresh process with that cache warm."""
+    code = (
+        "import sys, time, torch; sys.path.insert(0, sys.argv[1]); "
+        "from detector.losses import sigmoid_focal_loss; "
+        f"x = torch.randn({n}, {c}).requires_grad_(); lab = torch.randint(-2, {c}, ({n},)); "
+        "t = time.perf_counter(); sigmoid_focal_loss(x, lab).backward(); print(time.perf_counter() - t)"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    result = {}
+    with tempfile.TemporaryDirectory(prefix="bench_focal_cache_") as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        for name in ("cold_cache_s", "warm_cache_s"):
+            out = subprocess.run(
+                [sys.executable, "-c", code, root], env=env, capture_output=True, text=True, timeout=600
+            )
+            result[name] = float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
+    return result
+
+
 ALPHA, GAMMA = 0.25, 2.0
 
 
@@ -82,6 +174,8 @@ def _ours(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def make_variant(name: str):
     if name == "ours":
         return _ours
+    if name == BOUND:
+        return _exp_log_bound
     if name == "torchvision":
         return _tv_loss
     if name == "tv_compiled":
@@ -108,7 +202,9 @@ def _sync(device: str) -> None:
 
 def fwd_bwd(fn, logits, labels) -> None:
     logits.grad = None
-    fn(logits, labels).backward()
+    out = fn(logits, labels)
+    if fn is not _exp_log_bound:
+        out.backward()
 
 
 def time_it(step, device: str, warmup: int, repeats: int) -> float:
@@ -207,6 +303,10 @@ def run(args: argparse.Namespace) -> dict:
     sizes = QUICK_SIZES if args.quick else {k: SIZES[k] for k in args.sizes.split(",")}
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     variants = [v for v in VARIANTS if not (v == "tv_compiled" and args.no_compile)]
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+        variants.append(BOUND)
+    start_load, start_high = load_line("start")
     warmup, repeats = (1, 3) if args.quick else (args.warmup, args.repeats)
     report = {
         "device": device,
@@ -215,12 +315,29 @@ def run(args: argparse.Namespace) -> dict:
         "torchvision": torchvision.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "python": sys.executable,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
+        "load_start": os.getloadavg(),
         "results": [],
     }
     print(
-        f"# focal loss benchmark on {report['machine']}, torch {torch.__version__}, {report['date']}",
+        f"# focal loss benchmark on {report['machine']}, torch {torch.__version__}, {report['date']}, "
+        f"{report['threads']} threads, CPU capability {report['cpu_capability']}, python {sys.executable}",
         flush=True,
     )
+    print(start_load, flush=True)
+    if device == "cpu":
+        probe = log1p_probe(elements=1 << 20 if args.quick else 8 << 20)
+        report["log1p_probe"] = probe
+        print(
+            f"log1p probe ({probe['elements']} float32, 1 thread): log1p {probe['log1p_ms']:.2f} ms, "
+            f"exp {probe['exp_ms']:.2f} ms, log {probe['log_ms']:.2f} ms: "
+            f"log1p/exp = {probe['log1p_over_exp']:.1f} "
+            f"({'a slow-log1p process' if probe['log1p_over_exp'] > 3 else 'log1p not slow here'})",
+            flush=True,
+        )
     for size_name, (n, c) in sizes.items():
         for dtype in dtypes:
             base_ms = None
@@ -246,7 +363,7 @@ def run(args: argparse.Namespace) -> dict:
                 fn, ms = fns[variant], statistics.median(times[variant])
                 if device == "cuda":
                     mem = cuda_extra_memory(fn, logits, labels)
-                elif args.no_memory:
+                elif args.no_memory or variant == BOUND:
                     mem = None
                 else:
                     mem = cpu_extra_memory(variant, n, c, dtype)
@@ -262,6 +379,9 @@ def run(args: argparse.Namespace) -> dict:
                 }
                 if variant == "torchvision":
                     base_ms = ms
+                if variant == "ours" and BOUND in times:
+                    row["bound_ms"] = statistics.median(times[BOUND])
+                    row["of_bound"] = ms / row["bound_ms"]
                 if device == "cuda" and variant == "ours":
                     with torch.no_grad():
                         fwd_ms = time_it(lambda lg=logits, lb=labels: _ours(lg, lb), device, warmup, repeats)
@@ -273,6 +393,28 @@ def run(args: argparse.Namespace) -> dict:
                 if row["size"] == size_name and row["dtype"] == str(dtype).replace("torch.", "") and base_ms:
                     row["speedup_vs_torchvision"] = base_ms / row["ms"]
     print(markdown_table(report), flush=True)
+    for row in report["results"]:
+        if "of_bound" in row:
+            print(
+                f"{row['size']} {row['dtype']}: ours {row['ms']:.2f} ms = {row['of_bound']:.2f}x the exp+log "
+                f"bound ({row['bound_ms']:.2f} ms), "
+                f"{row.get('speedup_vs_torchvision', float('nan')):.2f}x torchvision",
+                flush=True,
+            )
+    if device == "cpu" and args.first_call:
+        n, c = next(iter(sizes.values()))
+        report["first_call"] = first_call_probe(n, c)
+        print(f"first call in a fresh process ({n} x {c}): {report['first_call']}", flush=True)
+    if device == "cuda":
+        from detector.losses import focal_triton
+
+        report["kernel_registers"] = focal_triton.kernel_registers()
+        for key, stats in report["kernel_registers"].items():
+            print(f"registers {key}: n_regs={stats['n_regs']} n_spills={stats['n_spills']}", flush=True)
+    end_load, end_high = load_line("end")
+    report["load_end"] = os.getloadavg()
+    report["load_warning"] = start_high or end_high
+    print(end_load, flush=True)
     return report
 
 
@@ -325,6 +467,12 @@ def main(argv: list[str] | None = None) -> None:
         "--no-compile", action="store_true", help="skip the torch.compile(torchvision) variant"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument(
+        "--first-call",
+        action="store_true",
+        help="CPU: time the first call in fresh processes (cold/warm cache)",
+    )
     parser.add_argument("--_probe", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._probe:
