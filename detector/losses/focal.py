@@ -38,7 +38,7 @@ BACKENDS = ("auto", "triton", "cpu", "reference")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _LABEL_DTYPES = (torch.int32, torch.int64)
 # Elements per chunk of the eager CPU path: the temporaries of one chunk stay in the L2 cache.
-_EAGER_CHUNK_ELEMENTS = 1 << 16
+_EAGER_CHUNK_ELEMENTS = 1 << 18
 # Smaller inputs take the eager path: compiling pays off only for large ones, and a size of 0 or 1 would make
 # dynamo specialize (one more graph per variant).
 _MIN_COMPILED_ELEMENTS = 4096
