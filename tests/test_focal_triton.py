@@ -58,6 +58,10 @@ def test_gpu_check_dry_run(tmp_path):
         assert (out / name).is_file(), name
     assert "Kernel correctness" in text and "checks passed" in text
     assert "| float32 | ours |" in text and "| float32 | torchvision |" in text
+    assert "| float32 | exp_log_bound |" in text
+    log = (out / "bench_focal.log").read_text()
+    assert "load average at start" in log and "load average at end" in log and "log1p probe" in log
+    assert "the exp+log bound" in log
 
 
 def test_bench_focal_cuda_table_shows_kernel_call_and_copy_bandwidth():
@@ -220,6 +224,24 @@ def _interpreter_cases() -> list[str]:
     got, eager = compiled(x, labels), focal_triton.launch(x, labels, 0.25, 2.0, False, True)
     if not (torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])):
         failures.append("torch.compile(fullgraph) of the op differs from eager")
+    # No gradient asked for under no_grad or without requires_grad: the op writes none.
+    asked = []
+    real_op = focal_triton.focal_loss_op
+
+    def spy(*args):
+        asked.append(args[8])  # write_grad
+        return real_op(*args)
+
+    focal_triton.focal_loss_op = spy
+    try:
+        with torch.no_grad():
+            sigmoid_focal_loss(x.clone().requires_grad_(), labels, backend="triton")
+        sigmoid_focal_loss(x, labels, reduction="mean", backend="triton")
+        sigmoid_focal_loss(x.clone().requires_grad_(), labels, backend="triton").backward()
+    finally:
+        focal_triton.focal_loss_op = real_op
+    if asked != [False, False, True]:
+        failures.append(f"gradient written without grad (write_grad per call: {asked})")
     # Empty batch.
     empty = torch.zeros(0, 5, requires_grad=True)
     out = sigmoid_focal_loss(empty, torch.zeros(0, dtype=torch.int64), backend="triton")
