@@ -136,8 +136,8 @@ class ToolParser(argparse.ArgumentParser):
 
 def tool_config(args: argparse.Namespace, default_config: str | None = DEFAULT_CONFIG) -> Any:
     """The tool's config: `--config`, else the config stored in `--resume` / `--weights`, else the default
-    (None: the typed defaults); then the overrides. With weights and `--config`, the model stays the file's and only the data section of
-    the YAML is taken (the tensors decide the architecture)."""
+    (None: the typed defaults); then the overrides. With weights and `--config`, the model stays the file's
+    and only the data section of the YAML is taken (the tensors decide the architecture)."""
     from detector.config import apply_overrides, load_config
 
     resume = getattr(args, "resume", None)

@@ -18,9 +18,18 @@ SHAPES = ((1, 1), (37, 1), (129, 20), (70, 3), (11, 130))
 
 
 @pytest.fixture
-def eager_cpu(monkeypatch):
+def eager_cpu(monkeypatch, one_thread):
     """Use the eager chunked CPU path (no torch.compile) so the parameter grids run fast."""
     monkeypatch.setattr(focal._compiled_cpu, "enabled", False)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for small inputs: on a loaded 2-core machine OpenMP barriers slow them 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_case(n: int, c: int, seed: int, dtype=torch.float64, scale: float = 8.0, extremes: bool = True):
@@ -203,23 +212,183 @@ def test_no_grad_and_labels_only_read():
     assert not loss.requires_grad and torch.equal(labels, before)
 
 
+# Tolerances against the float64 reference computed from the same (rounded) logits, per element for
+# reduction="none" and for the gradient: |ours - ref| <= atol + rtol * |ref|. fp32: a few ulps; fp16/bf16: the
+# math is fp32 and only the final rounding to the logits' dtype counts (half an ulp: 2^-11, 2^-8 relative),
+# atol covers results below the dtype's smallest normal (denormal fp32 around |x| = 88-100, fp16 underflow).
+# For gamma not in {0, 1, 2}, q^gamma = exp(gamma log q) has a relative error of |gamma log q| ulps, at most
+# ~88 ulps (1e-5) while the result is a normal fp32 (below, atol covers it): fp32 gets rtol 1e-5 there.
+# Loss sums (fp32 accumulation of N*C terms) are compared relative to the total.
+LOW_PRECISION_TOL = {
+    torch.float32: (2e-6, 1e-37),
+    torch.bfloat16: (4e-3, 1e-37),
+    torch.float16: (1e-3, 6e-8),
+}
+FP32_POWER_RTOL = 1e-5
+SUM_RTOL = 1e-5
+
+
+def low_precision_tol(dtype: torch.dtype, gamma: float) -> tuple[float, float]:
+    rtol, atol = LOW_PRECISION_TOL[dtype]
+    if dtype == torch.float32 and gamma not in (0.0, 1.0, 2.0):
+        rtol = FP32_POWER_RTOL
+    return rtol, atol
+
+
+def extreme_case(n: int, c: int, seed: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_case plus a sweep over the whole range [-100, 100] (tiny e = exp(-|x|) included)."""
+    x, labels = make_case(n, c, seed=seed)
+    k = min(x.numel(), 401)
+    x.view(-1)[:k] = torch.linspace(-100.0, 100.0, k, dtype=torch.float64)
+    return x.to(dtype), labels
+
+
+def check_low_precision(x, labels, alpha, gamma, reduction, backend="cpu", seed=0):
+    """Loss and gradient of ``x`` (any dtype) against the float64 reference within LOW_PRECISION_TOL."""
+    gen = torch.Generator().manual_seed(seed)
+    go = None
+    if reduction == "none":  # a random upstream gradient, rounded to the logits' dtype for both sides
+        go = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
+    ref, g_ref = loss_and_grad(
+        sigmoid_focal_loss_reference,
+        x.double(),
+        labels,
+        reduction,
+        None if go is None else go.double(),
+        alpha=alpha,
+        gamma=gamma,
+    )
+    loss, grad = loss_and_grad(
+        sigmoid_focal_loss, x, labels, reduction, go, alpha=alpha, gamma=gamma, backend=backend
+    )
+    rtol, atol = low_precision_tol(x.dtype, gamma)
+    assert grad.dtype == x.dtype
+    if reduction == "none":
+        assert loss.dtype == x.dtype
+        torch.testing.assert_close(loss.double(), ref, rtol=rtol, atol=atol)
+        # the gradient times grad_out is rounded twice (the gradient, then the product)
+        torch.testing.assert_close(grad.double(), g_ref, rtol=2 * rtol, atol=atol)
+    else:
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss.double(), ref, rtol=SUM_RTOL, atol=1e-30)
+        torch.testing.assert_close(grad.double(), g_ref, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("gamma", GAMMAS)
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_fused_math_every_dtype_whole_range(eager_cpu, dtype, gamma, alpha):
+    """The fused math (exp and log only, no log1p) against float64 over |logit| <= 100, C = 20 and C = 1."""
+    for n, c in ((40, 20), (500, 1)):
+        x, labels = extreme_case(n, c, seed=n + c, dtype=dtype)
+        for reduction in ("sum", "mean"):
+            check_low_precision(x, labels, alpha, gamma, reduction)
+        ref = sigmoid_focal_loss_reference(x.double(), labels, alpha, gamma, "none")
+        ours = sigmoid_focal_loss(x, labels, alpha, gamma, "none", backend="cpu")
+        rtol, atol = low_precision_tol(dtype, gamma)
+        torch.testing.assert_close(ours.double(), ref, rtol=rtol, atol=atol)
+
+
+def test_log1p_of_tiny_e_is_corrected():
+    """log(1 + e) alone loses log p_t for small e (|x| > 8): the first-order correction restores it to an ulp.
+    A well-classified positive at x = 15 has loss -log(sigmoid(15)) = 3.059e-7 (float64)."""
+    x = torch.tensor([[15.0, -30.0]], dtype=torch.float32)
+    labels = torch.tensor([0])
+    loss = sigmoid_focal_loss(x, labels, alpha=None, gamma=0.0, reduction="none", backend="cpu")
+    expected = -torch.nn.functional.logsigmoid(torch.tensor([15.0, 30.0], dtype=torch.float64))
+    torch.testing.assert_close(loss[0].double(), expected, rtol=2e-7, atol=0)
+    naive = torch.log(1.0 + torch.exp(torch.tensor(-15.0)))
+    assert abs(naive.item() - expected[0].item()) > 0.05 * expected[0].item()  # what the correction fixes
+
+
+def _largest_allocations(calls: dict) -> dict:
+    """Bytes of the largest single CPU allocation made by each of ``calls`` (name -> zero-argument function),
+    from one torch.profiler memory profile (starting the profiler costs seconds)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for name, fn in calls.items():
+            with record_function(f"probe:{name}"):
+                fn()
+    events = prof.events()
+    largest = {}
+    for name in calls:
+        (region,) = [e for e in events if e.name == f"probe:{name}"]
+        inside = [
+            e.self_cpu_memory_usage
+            for e in events
+            if region.time_range.start <= e.time_range.start <= region.time_range.end
+        ]
+        largest[name] = max(inside, default=0)
+    return largest
+
+
+@pytest.mark.parametrize("compiled", (False, pytest.param(True, marks=pytest.mark.slow)))
+def test_no_gradient_computed_without_grad(monkeypatch, one_thread, compiled):
+    """Under no_grad, or for logits that do not require grad, no [N, C] buffer is allocated at all (the
+    largest allocation stays far below N*C*4 bytes); with a gradient, one is (so the probe can fail)."""
+    if compiled and not focal._compiled_cpu.enabled:
+        pytest.skip("torch.compile disabled (FOCALDET_NO_COMPILE or an earlier compile failure)")
+    monkeypatch.setattr(focal._compiled_cpu, "enabled", compiled)
+    x, labels = make_case(120_000, 20, seed=29, dtype=torch.float32, scale=4.0)
+    grad_bytes = x.numel() * 4
+    xg = x.clone().requires_grad_()
+    expected = {r: sigmoid_focal_loss(x, labels, reduction=r, backend="cpu") for r in ("sum", "mean")}
+    calls = focal._compiled_cpu.calls
+
+    def under_no_grad(reduction):
+        with torch.no_grad():
+            out = sigmoid_focal_loss(xg, labels, reduction=reduction)
+        torch.testing.assert_close(out, expected[reduction])
+
+    probes = {
+        "no_grad_sum": lambda: under_no_grad("sum"),
+        "no_grad_mean": lambda: under_no_grad("mean"),
+        "no_requires_grad": lambda: sigmoid_focal_loss(x, labels, reduction="mean"),
+        "with_grad": lambda: sigmoid_focal_loss(xg, labels, reduction="sum").backward(),
+    }
+    largest = _largest_allocations(probes)
+    assert largest["with_grad"] >= grad_bytes, largest
+    for name in ("no_grad_sum", "no_grad_mean", "no_requires_grad"):
+        assert largest[name] < grad_bytes / 4, (name, largest)
+    assert (focal._compiled_cpu.calls - calls == 4) == compiled
+
+
 @pytest.mark.slow
-def test_compiled_cpu_path_matches_eager(monkeypatch):
-    """The torch.compile-d loop (one kernel for loss and gradient) gives the eager path's results."""
+def test_compiled_cpu_many_variants_no_fallback_bounded_recompiles():
+    """The compiled loop against float64 for many (gamma, alpha, dtype, shape) variants, as a sweep or a loss
+    ablation grid in one process calls it: every call is served compiled (no eager fallback, no warning) and
+    each variant function holds at most one graph per dtype (alpha, gamma and shapes never recompile)."""
     if not focal._compiled_cpu.enabled:
         pytest.skip("torch.compile disabled (FOCALDET_NO_COMPILE or an earlier compile failure)")
-    # Two compiles only (each costs seconds): the training case (fp32 sum) and bf16 per-element.
-    for n, c, dtype, reduction in ((1000, 20, torch.float32, "sum"), (300, 20, torch.bfloat16, "none")):
-        x, labels = make_case(n, c, seed=n, dtype=dtype, scale=6.0)
-        with _no_warning():
-            compiled = loss_and_grad(sigmoid_focal_loss, x, labels, reduction, backend="cpu")
-        assert (reduction == "none") in focal._compiled_cpu._cache
-        monkeypatch.setattr(focal._compiled_cpu, "enabled", False)
-        eager = loss_and_grad(sigmoid_focal_loss, x, labels, reduction, backend="cpu")
-        monkeypatch.setattr(focal._compiled_cpu, "enabled", True)
-        tol = 1e-5 if dtype == torch.float32 else 1e-2
-        torch.testing.assert_close(compiled[0].float(), eager[0].float(), rtol=tol, atol=tol)
-        torch.testing.assert_close(compiled[1].float(), eager[1].float(), rtol=tol, atol=tol * 1e-2)
+    calls = focal._compiled_cpu.calls
+    n_calls = 0
+    with _no_warning():
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for gamma in (0.5, 1.5, 2.0, 3.0, 5.0):
+                shapes = ((300, 20), (5000, 1), (1500, 3), (60, 80))
+                for alpha, (n, c) in zip((None, 0.1, 0.25, 0.9), shapes, strict=True):
+                    x, labels = extreme_case(n, c, seed=int(gamma * 10) + n, dtype=dtype)
+                    check_low_precision(x, labels, alpha, gamma, "sum" if n % 2 else "mean")
+                    n_calls += 1
+    assert focal._compiled_cpu.calls - calls == n_calls
+    code = {key: fn._torchdynamo_orig_callable.__code__ for key, fn in focal._compiled_cpu._cache.items()}
+    graphs = {key: len(torch._dynamo.eval_frame._debug_get_cache_entry_list(c)) for key, c in code.items()}
+    assert all(n <= 3 for n in graphs.values()), graphs  # one per dtype at most
+    assert graphs[(3, False, True, torch.get_num_threads())] == 3, graphs  # gamma 0.5-5, every alpha: 3
+
+
+@pytest.mark.slow
+def test_compiled_cpu_per_element_matches_reference():
+    """reduction="none" compiled (its own variant function): per-element loss and gradient vs float64."""
+    if not focal._compiled_cpu.enabled:
+        pytest.skip("torch.compile disabled (FOCALDET_NO_COMPILE or an earlier compile failure)")
+    calls = focal._compiled_cpu.calls
+    with _no_warning():
+        for dtype in (torch.float32, torch.bfloat16):
+            x, labels = extreme_case(400, 20, seed=31, dtype=dtype)
+            check_low_precision(x, labels, 0.25, 2.0, "none")
+    assert focal._compiled_cpu.calls - calls == 2
 
 
 class _no_warning:

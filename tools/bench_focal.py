@@ -17,303 +17,31 @@ allocations, reduction and checks included; small inputs are bound by these). Th
 flushing the L2 cache, so an input smaller than L2 (H100: 50 MB; the tree size) shows cache bandwidth for the
 kernel and the copy alike.
 
+On the CPU it also times ``exp_log_bound``: ``torch.exp`` then ``torch.log`` over the same element count (the
+two transcendentals the fused loss needs, one pass each: the machine's throughput limit for this loss), and
+prints our time as a multiple of it; a ``torch.log1p`` probe (8M float32, one thread, beside exp and log)
+shows whether this process is one where the library's log1p is slow (docs/benchmarks.md); ``--first-call``
+times the first call in fresh processes with a cold and a warm inductor cache. Every run prints the
+machine's load average at start and end and warns when it is above 0.5 per core. Imports only torch,
+torchvision and detector.losses, so it runs in a plain ``pip install torch torchvision`` environment.
+
 Usage: ``python tools/bench_focal.py --device cpu --json out.json`` (``--quick`` for a tiny smoke run).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import torch
-import torchvision
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain venv runs it from the checkout
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detector.losses import sigmoid_focal_loss  # noqa: E402
-
-# Anchors per image for RetinaNet P3-P7 with 9 anchors per location (feature size ceil(S / stride) per level,
-# P6 and P7 from stride-2 3x3 convolutions): 512 px -> 5456 locations, 400 px -> 3359.
-SIZES = {
-    "voc512_b8": (8 * 49104, 20),
-    "trees400_b4": (4 * 30231, 1),
-    "coco512_b8": (8 * 49104, 80),
-}
-QUICK_SIZES = {"voc_quick": (4096, 20), "trees_quick": (3001, 1)}
-VARIANTS = ("ours", "torchvision", "tv_compiled")
-ALPHA, GAMMA = 0.25, 2.0
-
-
-def machine_name(device: str) -> str:
-    """CPU model (lscpu / platform) or GPU name."""
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def _tv_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """torchvision's focal loss with a one-hot target built from integer labels (-2 rows dropped by weight
-    0)."""
-    num_classes = logits.shape[1]
-    target = torch.nn.functional.one_hot(labels.clamp(min=0).long(), num_classes).to(logits.dtype)
-    target = target * (labels >= 0)[:, None].to(logits.dtype)
-    loss = torchvision.ops.sigmoid_focal_loss(logits, target, ALPHA, GAMMA, reduction="none")
-    return (loss * (labels != -2)[:, None].to(logits.dtype)).sum()
-
-
-def _ours(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return sigmoid_focal_loss(logits, labels, ALPHA, GAMMA, reduction="sum", backend="auto")
-
-
-def make_variant(name: str):
-    if name == "ours":
-        return _ours
-    if name == "torchvision":
-        return _tv_loss
-    if name == "tv_compiled":
-        return torch.compile(_tv_loss, dynamic=True)
-    raise ValueError(f"unknown variant {name!r}")
-
-
-def make_inputs(n: int, c: int, dtype: torch.dtype, device: str, seed: int = 0):
-    """Detector-like logits (prior p = 0.01 plus noise) and labels (~1% positives, ~5% ignored)."""
-    gen = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(n, c, generator=gen) * 1.5 - 4.6).to(dtype)
-    labels = torch.full((n,), -1, dtype=torch.int64)
-    u = torch.rand(n, generator=gen)
-    pos = u < 0.01
-    labels[pos] = torch.randint(0, c, (int(pos.sum()),), generator=gen)
-    labels[(u >= 0.01) & (u < 0.06)] = -2
-    return logits.to(device).requires_grad_(), labels.to(device)
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def fwd_bwd(fn, logits, labels) -> None:
-    logits.grad = None
-    fn(logits, labels).backward()
-
-
-def time_it(step, device: str, warmup: int, repeats: int) -> float:
-    """Median wall time in ms of ``step()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _rss_kib() -> tuple[int, int]:
-    fields = dict(
-        line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
-    )
-    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
-
-
-def memory_probe(variant: str, n: int, c: int, dtype: torch.dtype) -> float:
-    """CPU: extra peak MiB of one forward + backward (run inside a fresh subprocess, see module docstring)."""
-    fn = make_variant(variant)
-    logits, labels = make_inputs(n, c, dtype, "cpu")
-    fwd_bwd(fn, logits, labels)
-    fwd_bwd(fn, logits, labels)
-    logits.grad = None
-    Path("/proc/self/clear_refs").write_text("5")
-    rss0, _ = _rss_kib()
-    fwd_bwd(fn, logits, labels)
-    _, hwm = _rss_kib()
-    return (hwm - rss0) / 1024
-
-
-def cpu_extra_memory(variant: str, n: int, c: int, dtype: torch.dtype) -> float | None:
-    """Run ``memory_probe`` in a fresh subprocess; None where /proc is unavailable (not Linux)."""
-    if not Path("/proc/self/clear_refs").exists():
-        return None
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    cmd = [sys.executable, __file__, "--_probe", variant, str(n), str(c), str(dtype).replace("torch.", "")]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if out.returncode != 0:
-        print(f"memory probe {variant} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def cuda_extra_memory(fn, logits, labels) -> float:
-    torch.cuda.synchronize()
-    logits.grad = None
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fwd_bwd(fn, logits, labels)
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-def graph_ms(fn) -> float:
-    """Median GPU time in ms of one ``fn()``, from a CUDA graph of back-to-back calls (no host overhead)."""
-    from triton.testing import do_bench_cudagraph
-
-    return do_bench_cudagraph(fn, rep=50, return_mode="median")
-
-
-def bandwidth_row(logits: torch.Tensor, labels: torch.Tensor, fwd_call_ms: float) -> dict:
-    """GB/s (bytes read + written) of our kernel alone, of one whole call, and of a same-size device copy."""
-    from detector.losses import focal_triton
-
-    num_bytes = 2 * logits.numel() * logits.element_size() + labels.numel() * labels.element_size()
-    row = {"call_gbps": num_bytes / (fwd_call_ms * 1e-3) / 1e9}
-    src = torch.empty(num_bytes // 2, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    try:
-        kernel_ms = graph_ms(focal_triton.kernel_only(logits, labels, ALPHA, GAMMA))
-        copy_ms = graph_ms(lambda: dst.copy_(src))
-    except Exception as err:  # noqa: BLE001 - a GPU check reports the failure and goes on with the table
-        print(f"bench_focal: graph timing failed ({type(err).__name__}: {err})", flush=True)
-        return {**row, "graph_error": str(err)}
-    return {
-        **row,
-        "kernel_ms": kernel_ms,
-        "kernel_gbps": num_bytes / (kernel_ms * 1e-3) / 1e9,
-        "copy_gbps": num_bytes / (copy_ms * 1e-3) / 1e9,
-        "fraction_of_copy": copy_ms / kernel_ms,
-    }
-
-
-def run(args: argparse.Namespace) -> dict:
-    device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench_focal: --device cuda but CUDA is not available")
-    sizes = QUICK_SIZES if args.quick else {k: SIZES[k] for k in args.sizes.split(",")}
-    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    variants = [v for v in VARIANTS if not (v == "tv_compiled" and args.no_compile)]
-    warmup, repeats = (1, 3) if args.quick else (args.warmup, args.repeats)
-    report = {
-        "device": device,
-        "machine": machine_name(device),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "results": [],
-    }
-    print(
-        f"# focal loss benchmark on {report['machine']}, torch {torch.__version__}, {report['date']}",
-        flush=True,
-    )
-    for size_name, (n, c) in sizes.items():
-        for dtype in dtypes:
-            base_ms = None
-            # All variants share one input; their timed runs are interleaved round-robin so that a change in
-            # machine load during the run hits every variant alike (ratios stay fair on a shared box).
-            logits, labels = make_inputs(n, c, dtype, device)
-            fns, first_s = {}, {}
-            for variant in variants:
-                fns[variant] = make_variant(variant)
-                t_first = time.perf_counter()
-                fwd_bwd(fns[variant], logits, labels)
-                _sync(device)
-                first_s[variant] = time.perf_counter() - t_first
-                for _ in range(warmup):
-                    fwd_bwd(fns[variant], logits, labels)
-            times = {variant: [] for variant in variants}
-            for _ in range(repeats):
-                for variant in variants:
-                    times[variant].append(
-                        time_it(lambda f=fns[variant], lg=logits, lb=labels: fwd_bwd(f, lg, lb), device, 0, 1)
-                    )
-            for variant in variants:
-                fn, ms = fns[variant], statistics.median(times[variant])
-                if device == "cuda":
-                    mem = cuda_extra_memory(fn, logits, labels)
-                elif args.no_memory:
-                    mem = None
-                else:
-                    mem = cpu_extra_memory(variant, n, c, dtype)
-                row = {
-                    "size": size_name,
-                    "N": n,
-                    "C": c,
-                    "dtype": str(dtype).replace("torch.", ""),
-                    "variant": variant,
-                    "ms": ms,
-                    "first_call_s": first_s[variant],
-                    "extra_peak_mib": mem,
-                }
-                if variant == "torchvision":
-                    base_ms = ms
-                if device == "cuda" and variant == "ours":
-                    with torch.no_grad():
-                        fwd_ms = time_it(lambda lg=logits, lb=labels: _ours(lg, lb), device, warmup, repeats)
-                    row["fwd_ms"] = fwd_ms
-                    row.update(bandwidth_row(logits, labels, fwd_ms))
-                report["results"].append(row)
-            del logits, labels, fns
-            for row in report["results"]:
-                if row["size"] == size_name and row["dtype"] == str(dtype).replace("torch.", "") and base_ms:
-                    row["speedup_vs_torchvision"] = base_ms / row["ms"]
-    print(markdown_table(report), flush=True)
-    return report
-
-
-def markdown_table(report: dict) -> str:
-    """Rows: size, dtype, variant; columns: time, speed-up, extra peak memory (+ GB/s on CUDA)."""
-    cuda = report["device"] == "cuda"
-    head = "| size (N x C) | dtype | variant | fwd+bwd ms | speed-up vs torchvision | extra peak MiB |"
-    head += " memory vs tv | first call s |"
-    head += " kernel GB/s | call GB/s | copy GB/s | kernel of copy |" if cuda else ""
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    tv_mem = {
-        (r["size"], r["dtype"]): r["extra_peak_mib"]
-        for r in report["results"]
-        if r["variant"] == "torchvision"
-    }
-    for r in report["results"]:
-        mem = r["extra_peak_mib"]
-        base = tv_mem.get((r["size"], r["dtype"]))
-        mem_ratio = f"{mem / base:.2f}" if mem is not None and base else "-"
-        cells = [
-            f"{r['size']} ({r['N']} x {r['C']})",
-            r["dtype"],
-            r["variant"],
-            f"{r['ms']:.2f}",
-            f"{r.get('speedup_vs_torchvision', float('nan')):.2f}x",
-            "-" if mem is None else f"{mem:.1f}",
-            mem_ratio,
-            f"{r['first_call_s']:.1f}",
-        ]
-        if cuda and "call_gbps" in r:  # measured for our kernel only
-            gbps = [r.get(k) for k in ("kernel_gbps", "call_gbps", "copy_gbps")]
-            cells += ["failed" if v is None else f"{v:.0f}" for v in gbps]
-            cells.append(f"{r['fraction_of_copy']:.0%}" if "fraction_of_copy" in r else "-")
-        elif cuda:
-            cells += ["", "", "", ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+from detector import cli  # noqa: E402
+from detector.bench.focal import SIZES, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ToolParser(__doc__, config=False)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     parser.add_argument("--sizes", default=None, help=f"comma list of {sorted(SIZES)}")
@@ -325,12 +53,13 @@ def main(argv: list[str] | None = None) -> None:
         "--no-compile", action="store_true", help="skip the torch.compile(torchvision) variant"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
-    parser.add_argument("--_probe", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args._probe:
-        variant, n, c, dtype = args._probe
-        print(memory_probe(variant, int(n), int(c), getattr(torch, dtype)))
-        return
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument(
+        "--first-call",
+        action="store_true",
+        help="CPU: time the first call in fresh processes (cold/warm cache)",
+    )
+    args = parser.parse(argv)
     cuda = args.device == "cuda"
     args.sizes = args.sizes or ("voc512_b8,trees400_b4,coco512_b8" if cuda else "voc512_b8,trees400_b4")
     args.dtypes = args.dtypes or ("float32,bfloat16" if cuda else "float32")

@@ -4,30 +4,34 @@ tools/gpu_check.sh).
 On ``--device cuda`` it runs the real kernel at detector sizes; on ``--device cpu`` it runs the same checks at
 small sizes with Triton's interpreter (``TRITON_INTERPRET=1`` is set here, before triton is imported). Checks:
 loss and gradient for fp32/bf16 (fp16 too) x gamma x alpha x reduction, bitwise-repeatable loss sums, and the
-in-kernel bad-label flag. Exits 1 if any check fails; ``--json`` writes every case.
+in-kernel bad-label flag, both gradient variants (computed in forward, recomputed in backward), and on CUDA
+the registers of every compiled kernel variant (``n_regs``, ``n_spills``). Exits 1 if any check fails;
+``--json`` writes every case.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a bare GPU box runs it from the checkout
+
+from detector import cli  # noqa: E402  (imports no triton: TRITON_INTERPRET is set below, before it)
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ToolParser(__doc__, config=False)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 
-    from detector.losses import focal_triton
+    from detector.losses import focal, focal_triton
     from detector.losses.focal import sigmoid_focal_loss, sigmoid_focal_loss_reference
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -55,12 +59,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             x = x64.to(dtype)
             xd, ld = x.to(device), labels.to(device, torch.int32)
-            for gamma, alpha in params:
+            for (gamma, alpha), gradient in [(p, "forward") for p in params] + [(params[0], "backward")]:
+                focal.TRITON_GRADIENT = gradient
                 for reduction in ("sum", "mean", "none"):
                     # float64 reference on the same device (fast on a GPU), from the same rounded inputs
                     ref_x = xd.detach().double().requires_grad_()
                     ref = sigmoid_focal_loss_reference(ref_x, ld, alpha, gamma, reduction)
-                    grad_out = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(device)
+                    out_dtype = dtype if reduction == "none" else torch.float32
+                    grad_out = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+                    grad_out = grad_out.to(out_dtype).double().to(device)  # rounded like ours
                     ref.backward(grad_out)
                     xk = xd.detach().clone().requires_grad_()
                     t0 = time.perf_counter()
@@ -79,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     print(
                         f"{'ok ' if ok else 'BAD'} N={n} C={c} {dtype} gamma={gamma} alpha={alpha} "
-                        f"{reduction}: loss err {loss_err:.2e}, grad err {grad_err.max().item():.2e}",
+                        f"{gradient} {reduction}: loss err {loss_err:.2e}, "
+                        f"grad err {grad_err.max().item():.2e}",
                         flush=True,
                     )
                     cases.append(
@@ -90,25 +98,36 @@ def main(argv: list[str] | None = None) -> int:
                             "gamma": gamma,
                             "alpha": alpha,
                             "reduction": reduction,
+                            "gradient": gradient,
                             "loss_abs_err": loss_err,
                             "grad_max_abs_err": grad_err.max().item(),
                             "seconds": time.perf_counter() - t0,
                             "ok": bool(ok),
                         }
                     )
-    # Repeatability: the loss sum is reduced without atomics, so two runs agree bit for bit.
+    focal.TRITON_GRADIENT = "forward"
+    # Repeatability: the last program adds the partial sums in a fixed order, so runs agree bit for bit.
     n, c = shapes[0]
     xr = torch.randn(n, c, generator=gen).to(device)
     lr = torch.randint(-2, c, (n,), generator=gen).to(device)
     sums = [sigmoid_focal_loss(xr, lr, backend="triton").item() for _ in range(3)]
     cases.append({"check": "repeatable loss sum", "values": sums, "ok": len(set(sums)) == 1})
-    # Bad labels set the kernel's flag and poison their rows (the public API raises through _assert_async).
+    # Bad labels clear the kernel's ok flag and poison their rows (the public API raises through
+    # _assert_async); the next call's flag is set again (the ticket counter was reset).
     lr_bad = lr.clone()
     lr_bad[n // 2] = c + 3
-    loss, grad, flag = focal_triton.focal_loss_fwd(xr, lr_bad, 0.25, 2.0, False)
-    flagged = flag.item() == 1 and bool(torch.isnan(grad[n // 2]).all()) and bool(torch.isnan(loss))
-    _, _, flag_ok = focal_triton.focal_loss_fwd(xr, lr, 0.25, 2.0, False)
-    cases.append({"check": "bad-label flag", "ok": flagged and flag_ok.item() == 0})
+    loss, grad, ok = focal_triton.launch(xr, lr_bad, 0.25, 2.0, False, True)
+    flagged = ok.item() == 0 and bool(torch.isnan(grad[n // 2]).all()) and bool(torch.isnan(loss))
+    _, _, ok_again = focal_triton.launch(xr, lr, 0.25, 2.0, False, True)
+    cases.append({"check": "bad-label flag", "ok": flagged and ok_again.item() == 1})
+    registers = focal_triton.kernel_registers()
+    for key, stats in registers.items():
+        print(
+            f"registers {key}: n_regs={stats['n_regs']} n_spills={stats['n_spills']} block={stats['block']}"
+        )
+    if registers:
+        spills = {k: v["n_spills"] for k, v in registers.items() if v["n_spills"]}
+        cases.append({"check": "no register spills", "spills": spills, "ok": not spills})
 
     failed = [case for case in cases if not case["ok"]]
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter)"
@@ -118,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"device": name, "torch": torch.__version__, "cases": cases}, indent=1)
+            json.dumps(
+                {"device": name, "torch": torch.__version__, "registers": registers, "cases": cases}, indent=1
+            )
         )
     return 1 if failed else 0
 
