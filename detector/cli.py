@@ -12,6 +12,7 @@ __all__ = [
     "fail",
     "format_table",
     "print_eval_report",
+    "prf_rows",
     "print_table",
     "run_reporting_errors",
     "save_pr_curves",
@@ -128,18 +129,42 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+PRF_HEADER = ("IoU", "class", "TP", "FP", "FN", "precision", "recall", "F1", "best F1", "at score")
+
+
+def prf_rows(prf: dict) -> list[tuple]:
+    """Rows of the P/R/F1 table: per IoU, each class then "all" (pooled counts); `n/a` where undefined."""
+    rows = []
+    for key, sec in prf.items():
+        several = len(sec["per_class"]) > 1  # one class: its row is the overall row
+        for c in [*sec["per_class"], *([{**sec, "class": "all"}] if several else [])]:
+            best = "n/a" if c["best_f1_score"] is None else f"{c['best_f1_score']:.3f}"
+            rows.append(
+                (key, c["class"], c["tp"], c["fp"], c["fn"], _fmt(c["precision"]), _fmt(c["recall"]),
+                 _fmt(c["f1"]), _fmt(c["best_f1"]), best)
+            )
+    return rows
+
+
 def print_eval_report(report: dict) -> None:
     """Per-class AP table, COCO metrics and the model/speed table of an `evaluate_split` report."""
     voc = report["voc"]
     rows = [
-        (c["class"], c["num_gt"], c["num_det"], _fmt(c["ap"]), _fmt(c["ap_07"])) for c in voc["per_class"]
+        (c["class"], c["num_gt"], c["num_det"], _fmt(c["ap"]), _fmt(c["ap_07"]), _fmt(c.get("ap40")))
+        for c in voc["per_class"]
     ]
-    rows.append(("mean", "", "", _fmt(voc["map"]), _fmt(voc["map_07"])))
+    rows.append(("mean", "", "", _fmt(voc["map"]), _fmt(voc["map_07"]), _fmt(voc.get("map40"))))
     print_table(
         f"VOC AP@0.5 on {report['split']} ({report['num_images']} images)",
         rows,
-        header=("class", "gt", "detections", "AP (area)", "AP (07 11-pt)"),
+        header=("class", "gt", "detections", "AP (area)", "AP (07 11-pt)", "AP40 (area)"),
     )
+    if "prf" in report:
+        print_table(
+            f"precision / recall / F1 at score >= {report['eval']['score']:g} (one-to-one, devkit matching)",
+            prf_rows(report["prf"]),
+            header=PRF_HEADER,
+        )
     print_table(
         "COCO metrics", [(k, f"{v:.4f}") for k, v in report["coco"].items()], header=("metric", "value")
     )

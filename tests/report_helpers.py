@@ -1,0 +1,55 @@
+"""A small evaluated data set for the report-page tests: real image files, three classes, every error kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from test_eval_voc import random_dataset
+
+from detector.evaluation.matching import match_records, prf_by_iou
+from detector.evaluation.voc import voc_ap
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+def evaluated_set(folder: Path, num_images: int = 12, seed: int = 3, iou: float = 0.5, score: float = 0.3):
+    """(report, records, image ids, image paths) of random detections on generated PNG images."""
+    dets, gts = random_dataset(np.random.default_rng(seed), num_images=num_images, num_classes=len(CLASSES))
+    folder.mkdir(parents=True, exist_ok=True)
+    ids, paths = [], []
+    for i, g in enumerate(gts):
+        im = Image.new("RGB", (272, 272), (90, 110, 90))
+        draw = ImageDraw.Draw(im)
+        for (x1, y1, x2, y2), lab in zip(g["boxes"], g["labels"], strict=True):
+            draw.rectangle([x1, y1, x2, y2], fill=((200, 60, 60), (60, 160, 60), (70, 80, 210))[int(lab) - 1])
+        ids.append(f"img{i:03d}")
+        paths.append(folder / f"img{i:03d}.png")
+        im.save(paths[-1])
+    prf, _ = prf_by_iou(dets, gts, CLASSES, score, (0.4, 0.5, iou))
+    area = voc_ap(dets, gts, 0.5, num_classes=len(CLASSES))
+    report = {
+        "split": "test",
+        "num_images": num_images,
+        "model": "retinanet",
+        "backbone": "mobilenet_v2",
+        "size": 256,
+        "params": 1234567,
+        "voc": {
+            "map": area["map"],
+            "map_07": area["map"],
+            "map40": prf["0.4"]["map"],
+            "per_class": [
+                {"class": n, "num_gt": area["num_gt"][c], "num_det": 0, "ap": area["ap"].get(c),
+                 "ap_07": None, "ap40": prf["0.4"]["per_class"][c - 1]["ap"]}
+                for c, n in enumerate(CLASSES, start=1)
+            ],
+        },
+        "coco": {"AP": 0.25, "AP50": 0.5},
+        "eval": {"iou": iou, "score": score},
+        "prf": prf,
+        "speed": {"device": "cpu", "model_bs1": {"fps": 12.5, "latency_ms_median": 80.0}},
+    }
+    records = match_records(dets, gts, iou, num_classes=len(CLASSES))
+    return report, records, ids, [str(p) for p in paths]
