@@ -29,7 +29,7 @@ from detector.evaluation.matching import (
     prf_at,
 )
 
-__all__ = ["config_digest", "gallery_order", "write_report"]
+__all__ = ["config_digest", "gallery_order", "write_eval_page", "write_report"]
 
 KIND_TITLES = {
     "tp": "true positive",
@@ -115,6 +115,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str | None = None) -> str:
     """An HTML table; a cell may be ``(text, {attribute: value})``."""
+
     def cell(tag: str, c: Any) -> str:
         if isinstance(c, tuple):
             text, attrs = c
@@ -163,13 +164,16 @@ def _load_image(path: str | Path | None, size: tuple[int, int] | None = None) ->
     except (OSError, ValueError, TypeError) as err:
         w, h = size or (320, 240)
         im = Image.new("RGB", (max(w, 64), max(h, 48)), (120, 120, 120))
-        ImageDraw.Draw(im).text((6, 6), f"image not readable:\n{path}\n{type(err).__name__}", fill=(255, 255, 255))
+        ImageDraw.Draw(im).text(
+            (6, 6), f"image not readable:\n{path}\n{type(err).__name__}", fill=(255, 255, 255)
+        )
         return im
 
 
 def _image_size_hint(records: MatchRecords, index: int) -> tuple[int, int]:
-    boxes = np.concatenate([records.gts.boxes[records.gts.image == index],
-                            records.dets.boxes[records.dets.image == index]])
+    boxes = np.concatenate(
+        [records.gts.boxes[records.gts.image == index], records.dets.boxes[records.dets.image == index]]
+    )
     if boxes.size == 0:
         return (320, 240)
     return int(boxes[:, 2].max()) + 2, int(boxes[:, 3].max()) + 2
@@ -187,8 +191,9 @@ def _marks(records: MatchRecords, r: ImageResult, class_names: Sequence[str]) ->
     several = len(records.classes) > 1
     marks = []
     for k in r.tp:
-        marks.append(("tp", d.boxes[k], f"{_name(class_names, int(d.labels[k]))} " * several
-                      + f"{d.scores[k]:.2f}"))
+        marks.append(
+            ("tp", d.boxes[k], f"{_name(class_names, int(d.labels[k]))} " * several + f"{d.scores[k]:.2f}")
+        )
     for k in r.fp:
         kind = str(records.kind[k])
         label = FP_KIND_SHORT[kind]
@@ -238,8 +243,8 @@ def _card(
     }
     attr_text = " ".join(f'{k}="{_e(v)}"' for k, v in attrs.items())
     return (
-        f"<figure {attr_text}><img src=\"{_jpeg_uri(drawn)}\" width=\"{drawn.width}\" height=\"{drawn.height}\""
-        f" alt=\"{_e(image_id)}\"><figcaption>{caption}</figcaption></figure>"
+        f'<figure {attr_text}><img src="{_jpeg_uri(drawn)}" width="{drawn.width}" height="{drawn.height}"'
+        f' alt="{_e(image_id)}"><figcaption>{caption}</figcaption></figure>'
     )
 
 
@@ -253,7 +258,8 @@ def _legend() -> str:
         colour = "rgb({},{},{})".format(*s["color"])
         items.append(
             f'<span><svg width="44" height="12"><line x1="1" y1="6" x2="43" y2="6" stroke="black" '
-            f'stroke-width="5" stroke-dasharray="{dash}"/><line x1="1" y1="6" x2="43" y2="6" stroke="{colour}"'
+            f'stroke-width="5" stroke-dasharray="{dash}"/>'
+            f'<line x1="1" y1="6" x2="43" y2="6" stroke="{colour}"'
             f' stroke-width="3" stroke-dasharray="{dash}"/></svg>{_e(s["label"])}</span>'
         )
     return '<p class="legend">' + "".join(items) + "</p>"
@@ -289,8 +295,11 @@ def _plots(records: MatchRecords, score: float, class_names: Sequence[str]) -> s
         points = {
             c: [
                 (f"score >= {score:g}", at["per_class"][c]["recall"], at["per_class"][c]["precision"]),
-                (f"best F1 at {_fmt(best['per_class'][c]['best_f1_score'])}",
-                 best["per_class"][c]["best_f1_recall"], best["per_class"][c]["best_f1_precision"]),
+                (
+                    f"best F1 at {_fmt(best['per_class'][c]['best_f1_score'])}",
+                    best["per_class"][c]["best_f1_recall"],
+                    best["per_class"][c]["best_f1_precision"],
+                ),
             ]
             for c in curves
         }
@@ -316,21 +325,34 @@ def _summary_tables(report: Mapping[str, Any]) -> str:
             for c in voc["per_class"]
         ]
         rows.append(("mean", "", "", _fmt(voc["map"]), _fmt(voc["map_07"]), _fmt(voc.get("map40"))))
-        parts.append("<div><h3>VOC AP</h3>" + _table(
-            ("class", "gt", "detections", "AP50 (area)", "AP50 (07 11-pt)", "AP40 (area)"), rows, "voc-table"
-        ) + "</div>")
+        parts.append(
+            "<div><h3>VOC AP</h3>"
+            + _table(
+                ("class", "gt", "detections", "AP50 (area)", "AP50 (07 11-pt)", "AP40 (area)"),
+                rows,
+                "voc-table",
+            )
+            + "</div>"
+        )
     if report.get("coco"):
-        parts.append("<div><h3>COCO</h3>" + _table(
-            ("metric", "value"), [(k, _fmt(float(v))) for k, v in report["coco"].items()], "coco-table"
-        ) + "</div>")
+        parts.append(
+            "<div><h3>COCO</h3>"
+            + _table(
+                ("metric", "value"), [(k, _fmt(float(v))) for k, v in report["coco"].items()], "coco-table"
+            )
+            + "</div>"
+        )
     html_parts = ['<div class="tables">' + "".join(parts) + "</div>"]
     if report.get("prf"):
         html_parts.append(
             f"<h3>Precision / recall / F1 at score &gt;= {_e(report['eval']['score'])}</h3>"
-            + _table(PRF_HEADER, [tuple(_fmt(c) for c in row) for row in prf_rows(report["prf"])], "prf-table")
-            + '<p class="note">One-to-one matching by the VOC devkit rules (greedy in score order, IoU strictly '
-            "above the threshold, difficult boxes neither TP nor FP); \"all\" pools the counts of every class; "
-            "best F1 is the highest F1 over score thresholds and \"at score\" the threshold giving it.</p>"
+            + _table(
+                PRF_HEADER, [tuple(_fmt(c) for c in row) for row in prf_rows(report["prf"])], "prf-table"
+            )
+            + '<p class="note">One-to-one matching by the VOC devkit rules (greedy in score order, IoU '
+            "strictly "
+            'above the threshold, difficult boxes neither TP nor FP); "all" pools the counts of every class; '
+            'best F1 is the highest F1 over score thresholds and "at score" the threshold giving it.</p>'
         )
     return "\n".join(html_parts)
 
@@ -339,7 +361,10 @@ def _model_table(
     report: Mapping[str, Any], config_yaml: str | None, machine: str | None, weights: str | None
 ) -> str:
     rows = [
-        ("model", f"{report.get('model', '?')} / {report.get('backbone', '?')} @ {report.get('size', '?')} px"),
+        (
+            "model",
+            f"{report.get('model', '?')} / {report.get('backbone', '?')} @ {report.get('size', '?')} px",
+        ),
         ("parameters", f"{report['params']:,}" if "params" in report else "n/a"),
         ("weights", weights or report.get("weights", "n/a")),
         ("config sha256", config_digest(config_yaml) if config_yaml else "n/a"),
@@ -349,7 +374,9 @@ def _model_table(
     ]
     for name, stats in report.get("speed", {}).items():
         if isinstance(stats, dict) and "fps" in stats:
-            rows.append((f"FPS {name}", f"{stats['fps']:.2f} (median {stats['latency_ms_median']:.1f} ms/batch)"))
+            rows.append(
+                (f"FPS {name}", f"{stats['fps']:.2f} (median {stats['latency_ms_median']:.1f} ms/batch)")
+            )
     if "speed" in report:
         rows.append(("FPS device", report["speed"].get("device", "?")))
     return _table(("", ""), rows, "model-table").replace("<table", '<table class="kv"', 1)
@@ -358,15 +385,28 @@ def _model_table(
 def _counts_tables(records: MatchRecords, score: float, class_names: Sequence[str]) -> str:
     counts = error_counts(records, score)
     keys = ("tp", *FP_KINDS, "fp", "missed", "ignored")
-    header = ("class", "TP", "duplicate", "localization", "wrong class", "background", "FP (all kinds)",
-              "missed", "ignored (on difficult)")
+    header = (
+        "class",
+        "TP",
+        "duplicate",
+        "localization",
+        "wrong class",
+        "background",
+        "FP (all kinds)",
+        "missed",
+        "ignored (on difficult)",
+    )
     rows = []
     for c, row in counts.items():
         name = _name(class_names, c)
         rows.append((name, *((row[k], {"data-class": c, "data-kind": k}) for k in keys)))
     if len(counts) > 1:
-        rows.append(("all", *((sum(r[k] for r in counts.values()), {"data-class": "all", "data-kind": k})
-                              for k in keys)))
+        rows.append(
+            (
+                "all",
+                *((sum(r[k] for r in counts.values()), {"data-class": "all", "data-kind": k}) for k in keys),
+            )
+        )
     out = [_table(header, rows, "error-counts")]
     if len(records.classes) > 1:
         table = confusion(records, score)
@@ -376,21 +416,21 @@ def _counts_tables(records: MatchRecords, score: float, class_names: Sequence[st
         out.append(
             "<h3>Confusion between classes</h3>"
             + _table(("", *(f"predicted {n}" for n in names), "missed"), crow, "confusion")
-            + '<p class="note">Rows: the class of the ground truth; columns: the predicted class. The diagonal '
-            "holds true positives, the rest of a row wrong-class detections on that class's objects; the last row "
-            "counts each predicted class's duplicates, localization and background errors.</p>"
+            + '<p class="note">Rows: the class of the ground truth; columns: the predicted class. The '
+            "diagonal holds true positives, the rest of a row wrong-class detections on that class's "
+            "objects; the last row counts each predicted class's duplicates, localization and background "
+            "errors.</p>"
         )
     return "\n".join(out)
 
 
 def _controls(records: MatchRecords, class_names: Sequence[str]) -> str:
     classes = "".join(f'<option value="{c}">{_e(_name(class_names, c))}</option>' for c in records.classes)
-    kinds = "".join(
-        f'<option value="{k}">{_e(KIND_TITLES[k])}</option>' for k in (*FP_KINDS, "missed", "tp")
-    )
+    kinds = "".join(f'<option value="{k}">{_e(KIND_TITLES[k])}</option>' for k in (*FP_KINDS, "missed", "tp"))
     return (
         '<div class="controls">'
-        f'<label>class <select id="filter-class"><option value="">all classes</option>{classes}</select></label>'
+        '<label>class <select id="filter-class"><option value="">all classes</option>'
+        f"{classes}</select></label>"
         '<label>marks <select id="filter-kind"><option value="">any</option>'
         f'<option value="errors">any error</option>{kinds}</select></label>'
         '<label>sort <select id="sort"><option value="errors">most errors first</option>'
@@ -401,7 +441,7 @@ def _controls(records: MatchRecords, class_names: Sequence[str]) -> str:
 
 def _page(title: str, body: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n{body}\n"
@@ -431,7 +471,8 @@ def write_report(
     """
     if len(image_ids) != records.gts.num_images or len(image_paths) != records.gts.num_images:
         raise ValueError(
-            f"{len(image_ids)} image ids and {len(image_paths)} paths for {records.gts.num_images} evaluated images"
+            f"{len(image_ids)} image ids and {len(image_paths)} paths for "
+            f"{records.gts.num_images} evaluated images"
         )
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
@@ -441,15 +482,19 @@ def write_report(
     order = gallery_order(results)
     shown = order if max_images is None else order[:max_images]
     cards = "\n".join(
-        _card(records, results[i], str(image_ids[i]), str(image_paths[i]), class_names, image_side) for i in shown
+        _card(records, results[i], str(image_ids[i]), str(image_paths[i]), class_names, image_side)
+        for i in shown
     )
     title = title or f"focaldet evaluation: {report.get('model', 'model')} on {report.get('split', 'split')}"
     iou = records.iou_threshold
-    which = "every evaluated image" if len(shown) == len(results) else (
-        f"the worst {len(shown)} of {len(results)} images (most errors, then lowest per-image F1)")
+    which = (
+        "every evaluated image"
+        if len(shown) == len(results)
+        else (f"the worst {len(shown)} of {len(results)} images (most errors, then lowest per-image F1)")
+    )
     body = f"""
 <h1>{_e(title)}</h1>
-<p class="note">Written {_e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. Marks and counts at IoU &gt; {iou:g} and
+<p class="note">Written {_e(time.strftime("%Y-%m-%d %H:%M:%S %Z"))}. Marks and counts at IoU &gt; {iou:g} and
 score &gt;= {score:g} (<code>eval.iou</code>, <code>eval.score</code>), from the evaluator's own matching.</p>
 <h2>Summary</h2>
 <div class="tables"><div><h3>Model and run</h3>{_model_table(report, config_yaml, machine, None)}</div></div>
@@ -473,3 +518,37 @@ otherwise. Detections on difficult (crowd) objects are neither true nor false po
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_page(title, body), encoding="utf-8")
     return path
+
+
+def write_eval_page(
+    results_json: str | Path,
+    report: Mapping[str, Any],
+    voc_result: Mapping[str, Any],
+    class_names: Sequence[str],
+    config_yaml: str | None = None,
+    device: str | None = None,
+    max_images: int | None = 200,
+) -> Path | None:
+    """``report.html`` next to the results JSON from ``evaluate_split``'s (report, voc result); a failure
+    is printed as a warning and gives None (the numbers are already computed: never lose them over a page)."""
+    import sys
+
+    try:
+        from detector.study import machine_description
+
+        details = voc_result["details"]
+        device = device or report.get("speed", {}).get("device")
+        return write_report(
+            Path(results_json).with_name("report.html"),
+            report,
+            details["records"],
+            class_names,
+            details["image_ids"],
+            details["image_paths"],
+            config_yaml=config_yaml,
+            machine=machine_description(device),
+            max_images=max_images,
+        )
+    except Exception as err:  # noqa: BLE001 - reported, not raised
+        print(f"warning: could not write the report page: {type(err).__name__}: {err}", file=sys.stderr)
+        return None

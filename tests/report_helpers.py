@@ -41,8 +41,14 @@ def evaluated_set(folder: Path, num_images: int = 12, seed: int = 3, iou: float 
             "map_07": area["map"],
             "map40": prf["0.4"]["map"],
             "per_class": [
-                {"class": n, "num_gt": area["num_gt"][c], "num_det": 0, "ap": area["ap"].get(c),
-                 "ap_07": None, "ap40": prf["0.4"]["per_class"][c - 1]["ap"]}
+                {
+                    "class": n,
+                    "num_gt": area["num_gt"][c],
+                    "num_det": 0,
+                    "ap": area["ap"].get(c),
+                    "ap_07": None,
+                    "ap40": prf["0.4"]["per_class"][c - 1]["ap"],
+                }
                 for c, n in enumerate(CLASSES, start=1)
             ],
         },

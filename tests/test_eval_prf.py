@@ -94,8 +94,16 @@ def test_image_results_error_counts_and_confusion_by_hand():
     assert img1.tp.size == 0 and img1.fp.size == 0 and img1.missed.tolist() == [4]
     assert img1.ignored_gt.tolist() == [3]
     counts = error_counts(rec, 0.3)
-    assert counts[1] == {"tp": 1, "duplicate": 1, "localization": 1, "wrong_class": 1, "background": 0,
-                         "fp": 3, "missed": 1, "ignored": 1}
+    assert counts[1] == {
+        "tp": 1,
+        "duplicate": 1,
+        "localization": 1,
+        "wrong_class": 1,
+        "background": 0,
+        "fp": 3,
+        "missed": 1,
+        "ignored": 1,
+    }
     assert counts[2]["background"] == 1 and counts[2]["missed"] == 2
     np.testing.assert_array_equal(confusion(rec, 0.3), [[1, 0, 1], [1, 0, 2], [2, 1, 0]])
 

@@ -3,8 +3,9 @@
 two test images.
 
 Everything goes under `--out` (default demo_out/): the run (checkpoints, curves), the exported weights, the
-evaluation (results.json, PR curves) and the drawn detections. Sized to fit in 20 minutes on a 2-core CPU;
-`--max-steps` / `--epochs` and any `key=value` override change the recipe from the command line.
+evaluation (results.json, PR curves, report.html: the page to open) and the drawn detections. Sized to fit
+in 20 minutes on a 2-core CPU; `--max-steps` / `--epochs` and any `key=value` override change the recipe
+from the command line.
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     eval_dir.mkdir(parents=True, exist_ok=True)
     report["weights"] = str(result.weights)
     report["pr_curves"] = save_pr_curves(voc_result, class_names, eval_dir)
+    from detector.config import to_yaml
+    from detector.html_report import write_eval_page
+
+    page = write_eval_page(eval_dir / "results.json", report, voc_result, class_names, to_yaml(cfg_w))
+    report["report_page"] = None if page is None else str(page)
     (eval_dir / "results.json").write_text(json.dumps(report, indent=2))
     timings.append(("evaluate", f"{time.perf_counter() - t:.1f} s"))
 
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             *timings,
             ("results", str(eval_dir / "results.json")),
+            ("report page", str(page) if page else "not written (see the warning above)"),
             *[(f"drawn ({i + 1})", str(p)) for i, p in enumerate(drawn)],
         ],
     )

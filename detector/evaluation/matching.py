@@ -33,8 +33,10 @@ __all__ = [
     "confusion",
     "error_counts",
     "image_results",
+    "iou_key",
     "match_records",
     "prf_at",
+    "prf_by_iou",
     "prf_section",
 ]
 
@@ -137,8 +139,11 @@ def prf_at(records: MatchRecords, score: float) -> dict[str, Any]:
     tp_mask, fp_mask = above & (records.outcome == 1), above & (records.outcome == 0)
     labels = records.dets.labels
     per_class = {
-        c: _prf(int((tp_mask & (labels == c)).sum()), int((fp_mask & (labels == c)).sum()),
-                records.num_gt.get(c, 0))
+        c: _prf(
+            int((tp_mask & (labels == c)).sum()),
+            int((fp_mask & (labels == c)).sum()),
+            records.num_gt.get(c, 0),
+        )
         for c in records.classes
     }
     num_gt = sum(records.num_gt.get(c, 0) for c in records.classes)
@@ -148,8 +153,12 @@ def prf_at(records: MatchRecords, score: float) -> dict[str, Any]:
 
 def _best_f1_of(scores: np.ndarray, outcome: np.ndarray, num_gt: int) -> dict[str, Any]:
     """The score threshold with the highest F1 over these detections (the highest such score on ties)."""
-    none = {"best_f1": 0.0 if num_gt else None, "best_f1_score": None, "best_f1_precision": None,
-            "best_f1_recall": 0.0 if num_gt else None}
+    none = {
+        "best_f1": 0.0 if num_gt else None,
+        "best_f1_score": None,
+        "best_f1_precision": None,
+        "best_f1_recall": 0.0 if num_gt else None,
+    }
     order = np.argsort(-scores, kind="stable")
     s, o = scores[order], outcome[order]
     if s.size == 0:
@@ -185,8 +194,11 @@ def prf_section(records: MatchRecords, score: float, class_names: Sequence[str])
     """JSON-ready P/R/F1 at (IoU, score) with the best-F1 threshold, overall and per class by name."""
     at, best = prf_at(records, score), best_f1(records)
     per_class = [
-        {"class": class_names[c - 1] if c <= len(class_names) else str(c), **at["per_class"][c],
-         **best["per_class"][c]}
+        {
+            "class": class_names[c - 1] if c <= len(class_names) else str(c),
+            **at["per_class"][c],
+            **best["per_class"][c],
+        }
         for c in records.classes
     ]
     overall = {k: v for k, v in at.items() if k != "per_class"}
@@ -247,8 +259,9 @@ def error_counts(records: MatchRecords, score: float) -> dict[int, dict[str, int
         for kind in FP_KINDS:
             row[kind] = int((mine & (records.kind == kind)).sum())
         row["fp"] = int((mine & (records.outcome == 0)).sum())
-        row["missed"] = int((~records.gts.difficult & (records.gts.labels == c)
-                             & (records.gt_found_at < score)).sum())
+        row["missed"] = int(
+            (~records.gts.difficult & (records.gts.labels == c) & (records.gt_found_at < score)).sum()
+        )
         row["ignored"] = int((mine & (records.outcome == -1)).sum())
         counts[c] = row
     return counts
@@ -274,3 +287,32 @@ def confusion(records: MatchRecords, score: float) -> np.ndarray:
     for c, row in error_counts(records, score).items():
         table[index[c], n] = row["missed"]
     return table
+
+
+def iou_key(iou: float) -> str:
+    """The results-JSON key of an IoU threshold: "0.5", "0.4"."""
+    return f"{float(iou):g}"
+
+
+def prf_by_iou(
+    detections: Sequence[Mapping[str, Any]],
+    ground_truths: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    score: float,
+    ious: Sequence[float] = (0.4, 0.5),
+) -> tuple[dict[str, dict[str, Any]], dict[str, MatchRecords]]:
+    """P/R/F1 sections (with the VOC AP at that IoU as ``map``) keyed by ``iou_key``, and their records."""
+    from detector.evaluation.voc import voc_ap
+
+    sections, records = {}, {}
+    n = len(class_names)
+    for iou in sorted({float(i) for i in ious}):
+        key = iou_key(iou)
+        records[key] = match_records(detections, ground_truths, iou, num_classes=n)
+        ap = voc_ap(detections, ground_truths, iou, num_classes=n)
+        sec = prf_section(records[key], score, class_names)
+        sec["map"] = None if np.isnan(ap["map"]) else float(ap["map"])
+        for row, c in zip(sec["per_class"], records[key].classes, strict=True):
+            row["ap"] = ap["ap"].get(c)
+        sections[key] = sec
+    return sections, records
