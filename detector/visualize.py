@@ -453,7 +453,7 @@ def plot_pr_operating_points(
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
         ax.grid(alpha=0.3)
-        if points.get(cls):
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower left")
     for ax in list(axes.flat)[len(classes):]:
         ax.set_axis_off()

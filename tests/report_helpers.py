@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from test_eval_voc import random_dataset
+from test_eval_voc import random_dataset  # noqa: F401 - re-exported for the tests
 
 from detector.evaluation.matching import match_records, prf_by_iou
 from detector.evaluation.voc import voc_ap
@@ -59,3 +61,37 @@ def evaluated_set(folder: Path, num_images: int = 12, seed: int = 3, iou: float 
     }
     records = match_records(dets, gts, iou, num_classes=len(CLASSES))
     return report, records, ids, [str(p) for p in paths]
+
+
+class _PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[tuple[str, str], int] = {}
+        self.cards: list[dict[str, str]] = []
+        self.urls: list[str] = []
+        self._cell: tuple[str, str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "td" and "data-kind" in a:
+            self._cell = (a["data-class"], a["data-kind"])
+        if tag == "figure" and "card" in a.get("class", "").split():
+            self.cards.append(a)
+        for key in ("src", "href"):
+            if key in a:
+                self.urls.append(a[key])
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self.cells[self._cell] = int(data)
+            self._cell = None
+
+
+def parse_page(text: str) -> tuple[dict[tuple[str, str], int], Counter, list[dict[str, str]], list[str]]:
+    """(error-count cells by (class, kind), gallery marks counted by (class, kind), cards, every src/href)."""
+    parser = _PageParser()
+    parser.feed(text)
+    marks = Counter(
+        tuple(token.rsplit(":", 1)) for card in parser.cards for token in card["data-marks"].split()
+    )
+    return parser.cells, marks, parser.cards, parser.urls
