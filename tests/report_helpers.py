@@ -75,7 +75,7 @@ class _PageParser(HTMLParser):
         a = dict(attrs)
         if tag == "td" and "data-kind" in a:
             self._cell = (a["data-class"], a["data-kind"])
-        if tag == "figure" and "card" in a.get("class", "").split():
+        if "card" in (a.get("class") or "").split():
             self.cards.append(a)
         for key in ("src", "href"):
             if key in a:
@@ -95,3 +95,52 @@ def parse_page(text: str) -> tuple[dict[tuple[str, str], int], Counter, list[dic
         tuple(token.rsplit(":", 1)) for card in parser.cards for token in card["data-marks"].split()
     )
     return parser.cells, marks, parser.cards, parser.urls
+
+
+def compare_page(folder: Path) -> tuple[Path, list[dict]]:
+    """A compare.html of two made-up detectors on three generated images (the study's row layout)."""
+    from detector.html_report import write_compare_report
+
+    report, records, ids, paths = evaluated_set(folder / "images", num_images=3)
+    d, g = records.dets, records.gts
+    examples = []
+    for i in range(3):
+        gt = {
+            "boxes": g.boxes[g.image == i],
+            "labels": g.labels[g.image == i],
+            "difficult": g.difficult[g.image == i],
+        }
+        det = {
+            "boxes": d.boxes[d.image == i],
+            "scores": d.scores[d.image == i],
+            "labels": d.labels[d.image == i],
+        }
+        perfect = {"boxes": gt["boxes"], "scores": np.full(len(gt["labels"]), 0.9), "labels": gt["labels"]}
+        examples.append(
+            {
+                "image_id": ids[i],
+                "path": paths[i],
+                "gt": gt,
+                "detections": {"one-stage": det, "two-stage": perfect},
+            }
+        )
+    rows = [
+        {
+            "label": name,
+            "params": 3.2e6,
+            "gflops": 1.5,
+            "train_s_per_step": 0.4,
+            "at_train_size": {
+                "size": 256,
+                "fps_model_bs1": 20.0,
+                "fps_end_to_end_bs1": 15.0,
+                "voc_ap": ap,
+                "voc_ap_07": ap,
+                "coco": {"AP": ap / 2, "AP50": ap, "AP75": ap / 3},
+            },
+            "by_size": [{"size": 256, "voc_ap": ap, "latency_end_to_end_ms": 60.0}],
+        }
+        for name, ap in (("one-stage", 0.4), ("two-stage", 0.6))
+    ]
+    page = write_compare_report(folder / "compare.html", rows, examples, CLASSES, machine="test", command="x")
+    return page, examples

@@ -124,20 +124,49 @@ def test_report_page_in_headless_chromium(browser, tmp_path):
         e["params"]["request"]["url"] for e in browser.events if e["method"] == "Network.requestWillBeSent"
     ]
     assert requested and all(u.startswith(("file://", "data:")) for u in requested), requested
-    failed = [e["params"] for e in browser.events if e["method"] == "Network.loadingFailed"]
-    assert failed == []
-    errors = [e["params"] for e in browser.events if e["method"] == "Runtime.exceptionThrown"]
-    errors += [
+    assert problems(browser) == []
+
+
+def problems(browser: Chromium) -> list:
+    """Requests outside the file system, failed loads, script errors and console errors so far."""
+    out = [
+        e["params"]["request"]["url"]
+        for e in browser.events
+        if e["method"] == "Network.requestWillBeSent"
+        and not e["params"]["request"]["url"].startswith(("file://", "data:"))
+    ]
+    out += [
+        e["params"]
+        for e in browser.events
+        if e["method"] in ("Network.loadingFailed", "Runtime.exceptionThrown")
+    ]
+    out += [
         e["params"]
         for e in browser.events
         if e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert")
     ]
-    errors += [
+    out += [
         e["params"]["entry"]
         for e in browser.events
         if e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"
     ]
-    assert errors == []
+    return out
+
+
+def test_compare_page_in_headless_chromium(browser, tmp_path):
+    from report_helpers import compare_page
+
+    page, examples = compare_page(tmp_path)
+    for domain in ("Network", "Runtime", "Log", "Page"):
+        browser.call(f"{domain}.enable")
+    browser.call("Page.navigate", url=page.resolve().as_uri())
+    browser.wait_for("Page.loadEventFired")
+    images = browser.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+    assert images == [True] * (2 * len(examples))  # two detectors per image; no plot file given
+    ids = [ex["image_id"] for ex in examples]
+    assert choose(browser, "sort", "name") == sorted(ids)
+    assert len(choose(browser, "filter-kind", "tp")) > 0
+    assert problems(browser) == []
 
 
 def test_browser_checks_can_fail(browser, tmp_path):
@@ -158,6 +187,7 @@ def test_browser_checks_can_fail(browser, tmp_path):
         e["params"]["request"]["url"] for e in browser.events if e["method"] == "Network.requestWillBeSent"
     ]
     assert any(u.startswith("http://") for u in requested)
+    assert len(problems(browser)) >= 3
     assert any(e["method"] == "Runtime.exceptionThrown" for e in browser.events)
     assert any(
         e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error" for e in browser.events

@@ -99,3 +99,19 @@ def test_bad_arguments(tmp_path):
         write_report(tmp_path / "r.html", report, records, CLASSES, ids[:1], paths)
     with pytest.raises(ValueError, match="max_images"):
         write_report(tmp_path / "r.html", report, records, CLASSES, ids, paths, max_images=0)
+
+
+def test_compare_page_shows_each_detector_on_the_same_images(tmp_path):
+    from report_helpers import compare_page
+
+    page, examples = compare_page(tmp_path)
+    text = page.read_text()
+    _, marks, cards, urls = parse_page(text)
+    assert [c["data-name"] for c in cards] == [ex["image_id"] for ex in examples]
+    assert all(u.startswith("data:") for u in urls) and 'id="compare-table"' in text
+    for ex in examples:
+        for label in ("one-stage", "two-stage"):
+            assert f'alt="{ex["image_id"]}: {label}"' in text
+    # The perfect "two-stage" detections add only true positives: the FP marks are the one-stage ones.
+    gts = sum(len(ex["gt"]["labels"]) - int(ex["gt"]["difficult"].sum()) for ex in examples)
+    assert sum(v for (c, k), v in marks.items() if k == "tp") >= gts

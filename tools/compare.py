@@ -113,12 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         help="train, time and evaluate here (auto: the GPU when there is one; cpu/cuda also set "
         "trainer.accelerator)",
     )
-    parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for compare.{md,json} and the PNG")
+    parser.add_argument(
+        "--out", default=str(ROOT / "docs"), help="folder for compare.{md,json,html} and the PNG"
+    )
+    parser.add_argument(
+        "--report-images",
+        type=int,
+        default=6,
+        help="test images shown with every detector's detections in compare.html (0: no page)",
+    )
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "compare"), help="runs and weights go here")
     add_reuse_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every detector")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.report_images < 0:
+        parser.error(f"--report-images must be >= 0, got {args.report_images}")
     if args.fps_iters < 1 or args.time_steps < 1 or args.time_warmup < 0:
         parser.error("--fps-iters and --time-steps must be >= 1, --time-warmup >= 0")
     if any(s <= 0 or s % 32 for s in args.sizes):
@@ -152,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = [v for v in all_variants if not args.only or v.name in args.only]
     given = parse_weights(args.weights, names)
     results = []
+    examples: dict[str, list[dict]] = {}  # detector label -> detections on the first test images (the page)
     for variant in chosen:
         print(f"== {variant.name}: {variant.label}", flush=True)
         row: dict = {}
@@ -187,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
                     ),
                     "seeds": [],
                 }
+            if not row["seeds"] and args.report_images:
+                examples[variant.label] = example_detections(trained, cfg, args.report_images)
             fps_iters = args.fps_iters if not row["seeds"] else 0
             row["seeds"].append(
                 {
@@ -225,9 +238,53 @@ def run(args: argparse.Namespace) -> int:
             "results": results,
         },
     )
+    page = write_page(out / "compare.html", results, examples, png, machine, args) if examples else None
     print(markdown)
-    print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {png}")
+    print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {png}" + (f", {page}" if page else ""))
     return 0
+
+
+def example_detections(trained, cfg, count: int) -> list[dict]:
+    """The first `count` test images with ground truth, their annotations and this detector's detections."""
+    from detector.config import split_roots
+    from detector.data.images import read_image
+    from detector.data.voc import concat_voc
+    from detector.inference import predict
+
+    split = cfg.data.test_split
+    dataset = concat_voc(split_roots(cfg.data, split), split, classes=list(trained.class_names))
+    records = [r for r in dataset.records if len(r.labels)][:count]
+    out = []
+    for rec in records:
+        det = predict(trained.model, [read_image(rec.image_path)], int(cfg.data.size))[0]
+        out.append(
+            {
+                "image_id": str(rec.image_id),
+                "path": str(rec.image_path),
+                "gt": {"boxes": rec.boxes, "labels": rec.labels, "difficult": rec.difficult},
+                "detections": {k: v.numpy() for k, v in det.items()},
+                "class_names": list(trained.class_names),
+                "eval": (float(cfg.eval.iou), float(cfg.eval.score)),
+            }
+        )
+    return out
+
+
+def write_page(path: Path, results: list[dict], examples: dict[str, list[dict]], png: Path, machine: str,
+               args: argparse.Namespace) -> Path:
+    """compare.html: the study's tables and plot, and each detector's detections on the same test images."""
+    from detector.html_report import write_compare_report
+
+    first = next(iter(examples.values()))
+    by_id = {label: {ex["image_id"]: ex["detections"] for ex in exs} for label, exs in examples.items()}
+    merged = [
+        {**ex, "detections": {label: d[ex["image_id"]] for label, d in by_id.items() if ex["image_id"] in d}}
+        for ex in first
+    ]
+    iou, score = first[0]["eval"] if first else (0.5, 0.3)
+    names = first[0]["class_names"] if first else []
+    return write_compare_report(path, results, merged, names, speed_accuracy_png=png, iou=iou, score=score,
+                                machine=machine, command=command_line(args))
 
 
 def mean_over_seeds(seeds: list[dict]) -> list[dict]:
