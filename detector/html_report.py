@@ -123,10 +123,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str |
             return f"<{tag}{extra}>{_e(text)}</{tag}>"
         return f"<{tag}>{_e(c)}</{tag}>"
 
-    head = "".join(cell("th", h) for h in header)
+    head = "".join(cell("th", h) for h in header) if any(header) else ""
     body = "".join("<tr>" + "".join(cell("td", c) for c in row) + "</tr>" for row in rows)
     ident = f' id="{_e(table_id)}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table{ident}>{thead}<tbody>{body}</tbody></table>"
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -224,7 +225,7 @@ def _card(
     from detector.visualize import draw_marks
 
     image = _load_image(path, _image_size_hint(records, r.index))
-    scale = min(2.0, side / max(image.width, image.height))  # small tiles are enlarged up to 2x
+    scale = min(1.5, side / max(image.width, image.height))  # small tiles are enlarged up to 1.5x
     drawn = draw_marks(image, _marks(records, r, class_names), scale=scale)
     kinds = [str(records.kind[k]) for k in r.fp]
     fp_text = ", ".join(f"{KIND_TITLES[k]} {kinds.count(k)}" for k in FP_KINDS if k in kinds)
@@ -314,10 +315,11 @@ def _plots(records: MatchRecords, score: float, class_names: Sequence[str]) -> s
     return "\n".join(parts)
 
 
-def _summary_tables(report: Mapping[str, Any]) -> str:
+def _summary_tables(report: Mapping[str, Any], first: str = "") -> str:
+    """VOC, COCO and P/R/F1 tables (``first``: a block laid out beside them, the model table)."""
     from detector.cli import PRF_HEADER, prf_rows
 
-    parts = []
+    parts = [first] if first else []
     voc = report.get("voc")
     if voc:
         rows = [
@@ -357,16 +359,14 @@ def _summary_tables(report: Mapping[str, Any]) -> str:
     return "\n".join(html_parts)
 
 
-def _model_table(
-    report: Mapping[str, Any], config_yaml: str | None, machine: str | None, weights: str | None
-) -> str:
+def _model_table(report: Mapping[str, Any], config_yaml: str | None, machine: str | None) -> str:
     rows = [
         (
             "model",
             f"{report.get('model', '?')} / {report.get('backbone', '?')} @ {report.get('size', '?')} px",
         ),
         ("parameters", f"{report['params']:,}" if "params" in report else "n/a"),
-        ("weights", weights or report.get("weights", "n/a")),
+        ("weights", report.get("weights", "n/a")),
         ("config sha256", config_digest(config_yaml) if config_yaml else "n/a"),
         ("split", f"{report.get('split', '?')} ({report.get('num_images', '?')} images)"),
         ("data", ", ".join(map(str, report.get("data_root", []))) or "n/a"),
@@ -460,7 +460,7 @@ def write_report(
     config_yaml: str | None = None,
     machine: str | None = None,
     max_images: int | None = 200,
-    image_side: int = 480,
+    image_side: int = 380,
     title: str | None = None,
 ) -> Path:
     """Write the evaluation page (``report.html``) of an ``evaluate_split`` report and its match records.
@@ -497,8 +497,7 @@ def write_report(
 <p class="note">Written {_e(time.strftime("%Y-%m-%d %H:%M:%S %Z"))}. Marks and counts at IoU &gt; {iou:g} and
 score &gt;= {score:g} (<code>eval.iou</code>, <code>eval.score</code>), from the evaluator's own matching.</p>
 <h2>Summary</h2>
-<div class="tables"><div><h3>Model and run</h3>{_model_table(report, config_yaml, machine, None)}</div></div>
-{_summary_tables(report)}
+{_summary_tables(report, f"<div><h3>Model and run</h3>{_model_table(report, config_yaml, machine)}</div>")}
 <h2>Errors by kind and class</h2>
 {_counts_tables(records, score, class_names)}
 <p class="note">A false positive is a <b>duplicate</b> when its ground truth was already matched by a

@@ -117,6 +117,7 @@ class Chromium:
     def __init__(self, executable: str, profile: Path, timeout: float = 60.0) -> None:
         self.timeout = timeout
         profile.mkdir(parents=True, exist_ok=True)
+        (profile / "DevToolsActivePort").unlink(missing_ok=True)  # a stale one names a dead port
         self.proc = subprocess.Popen(
             [executable, *FLAGS, f"--user-data-dir={profile}", "--window-size=1280,900", "about:blank"],
             stdout=subprocess.DEVNULL,

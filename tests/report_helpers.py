@@ -46,7 +46,7 @@ def evaluated_set(folder: Path, num_images: int = 12, seed: int = 3, iou: float 
                 {
                     "class": n,
                     "num_gt": area["num_gt"][c],
-                    "num_det": 0,
+                    "num_det": sum(int((d["labels"] == c).sum()) for d in dets),
                     "ap": area["ap"].get(c),
                     "ap_07": None,
                     "ap40": prf["0.4"]["per_class"][c - 1]["ap"],
