@@ -149,3 +149,21 @@ def test_f1_and_counts_agree_with_image_results():
     assert sum(r.fp.size for r in images) == at["fp"]
     assert sum(r.missed.size for r in images) == at["fn"]
     assert at["f1"] == pytest.approx(2 * at["precision"] * at["recall"] / (at["precision"] + at["recall"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("eval.iou=1.0", "eval.iou"),
+        ("eval.iou=0", "eval.iou"),
+        ("eval.score=1.5", "eval.score"),
+        ("eval.score=-0.1", "eval.score"),
+    ],
+)
+def test_eval_settings_are_checked(override, key):
+    from detector.config import ConfigError, load_config
+
+    assert (load_config().eval.iou, load_config().eval.score) == (0.5, 0.3)
+    assert load_config(None, ["eval.iou=0.4"]).eval.iou == 0.4
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [override])
