@@ -88,7 +88,7 @@ def match_records(
     m = devkit_match(dets, gts, iou_threshold, classes)
     thr = m.iou_threshold
     k = dets.labels.shape[0]
-    kind = np.full(k, "background", dtype=object)
+    kind = np.full(k, "background", dtype="<U12")  # fixed-width: comparisons run in C
     kind[m.outcome == 1] = "tp"
     kind[m.outcome == -1] = "ignored"
     fp = m.outcome == 0
@@ -96,9 +96,10 @@ def match_records(
     confused = np.zeros(k, dtype=np.int64)
     # Wrong class: an undecided false positive overlapping another class's ground truth above the threshold.
     open_fp = np.flatnonzero(fp & ~(m.iou > thr))
-    for img in np.unique(dets.image[open_fp]):
-        rows = open_fp[dets.image[open_fp] == img]
-        g = np.flatnonzero(gts.image == img)
+    gt_bounds = _bounds(gts.image, gts.num_images)
+    images, first = np.unique(dets.image[open_fp], return_index=True)  # open_fp is sorted by image
+    for img, rows in zip(images, np.split(open_fp, first[1:]) if open_fp.size else [], strict=True):
+        g = np.arange(gt_bounds[img], gt_bounds[img + 1])
         if g.size == 0:
             continue
         iou = _iou_matrix(dets.boxes[rows], gts.boxes[g])
@@ -113,6 +114,11 @@ def match_records(
     tp = np.flatnonzero(m.outcome == 1)
     found[m.gt[tp]] = dets.scores[tp]
     return MatchRecords(thr, dets, gts, m.outcome, kind, confused, found, m.num_gt, classes)
+
+
+def _bounds(image: np.ndarray, num_images: int) -> np.ndarray:
+    """Row ranges per image of a concatenation sorted by image: rows of image i are [b[i], b[i+1])."""
+    return np.searchsorted(image, np.arange(num_images + 1), side="left")
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -231,40 +237,35 @@ def image_results(records: MatchRecords, score: float) -> list[ImageResult]:
     """Per image, the true positives, false positives and missed ground truth at score >= ``score``."""
     d, g = records.dets, records.gts
     above = d.scores >= score
-    missed = ~g.difficult & (records.gt_found_at < score)
-    out = []
-    for i in range(g.num_images):
-        on = d.image == i
-        gi = g.image == i
-        out.append(
-            ImageResult(
-                i,
-                np.flatnonzero(on & above & (records.outcome == 1)),
-                np.flatnonzero(on & above & (records.outcome == 0)),
-                np.flatnonzero(gi & missed),
-                np.flatnonzero(gi & g.difficult),
-            )
-        )
-    return out
+    tp = np.flatnonzero(above & (records.outcome == 1))
+    fp = np.flatnonzero(above & (records.outcome == 0))
+    missed = np.flatnonzero(~g.difficult & (records.gt_found_at < score))
+    ignored = np.flatnonzero(g.difficult)
+    n = g.num_images
+    # Every index list is sorted and so is the image of each row: split them at the image boundaries.
+    split = [
+        np.split(idx, np.searchsorted(image[idx], np.arange(1, n)))
+        for idx, image in ((tp, d.image), (fp, d.image), (missed, g.image), (ignored, g.image))
+    ]
+    return [ImageResult(i, *(parts[i] for parts in split)) for i in range(n)]
 
 
 def error_counts(records: MatchRecords, score: float) -> dict[int, dict[str, int]]:
     """Per class at score >= ``score``: tp, each false-positive kind, fp, missed and ignored detections."""
-    d = records.dets
+    d, g = records.dets, records.gts
     above = d.scores >= score
-    counts = {}
-    for c in records.classes:
-        mine = above & (d.labels == c)
-        row = {"tp": int((mine & (records.outcome == 1)).sum())}
-        for kind in FP_KINDS:
-            row[kind] = int((mine & (records.kind == kind)).sum())
-        row["fp"] = int((mine & (records.outcome == 0)).sum())
-        row["missed"] = int(
-            (~records.gts.difficult & (records.gts.labels == c) & (records.gt_found_at < score)).sum()
-        )
-        row["ignored"] = int((mine & (records.outcome == -1)).sum())
-        counts[c] = row
-    return counts
+    top = max(records.classes, default=0) + 1
+
+    def per_class(labels: np.ndarray) -> np.ndarray:
+        return np.bincount(labels, minlength=top)
+
+    columns = {"tp": per_class(d.labels[above & (records.outcome == 1)])}
+    for kind in FP_KINDS:
+        columns[kind] = per_class(d.labels[above & (records.kind == kind)])
+    columns["fp"] = per_class(d.labels[above & (records.outcome == 0)])
+    columns["missed"] = per_class(g.labels[~g.difficult & (records.gt_found_at < score)])
+    columns["ignored"] = per_class(d.labels[above & (records.outcome == -1)])
+    return {c: {k: int(v[c]) for k, v in columns.items()} for c in records.classes}
 
 
 def confusion(records: MatchRecords, score: float) -> np.ndarray:
@@ -275,15 +276,16 @@ def confusion(records: MatchRecords, score: float) -> np.ndarray:
     index = {c: i for i, c in enumerate(records.classes)}
     table = np.zeros((n + 1, n + 1), dtype=np.int64)
     d = records.dets
-    for k in np.flatnonzero(d.scores >= score):
-        kind = records.kind[k]
-        col = index[int(d.labels[k])]
-        if kind == "tp":
-            table[col, col] += 1
-        elif kind == "wrong_class":
-            table[index[int(records.confused_with[k])], col] += 1
-        elif kind != "ignored":
-            table[n, col] += 1
+    to_index = np.zeros(max(records.classes, default=0) + 1, dtype=np.int64)
+    to_index[list(records.classes)] = np.arange(n)
+    above = d.scores >= score
+    col = to_index[d.labels]
+    tp = above & (records.kind == "tp")
+    wrong = above & (records.kind == "wrong_class")
+    other = above & (records.outcome == 0) & ~wrong
+    np.add.at(table, (col[tp], col[tp]), 1)
+    np.add.at(table, (to_index[records.confused_with[wrong]], col[wrong]), 1)
+    np.add.at(table, (np.full(int(other.sum()), n), col[other]), 1)
     for c, row in error_counts(records, score).items():
         table[index[c], n] = row["missed"]
     return table
