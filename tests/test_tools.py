@@ -191,6 +191,7 @@ def test_a_pickle_is_refused_as_weights(capsys, tmp_path):
         ("infer", ["--weights", "w.safetensors"], "IMAGES_OR_FOLDERS"),
         ("infer", ["--weights", "w.safetensors", "x.png", "--score", "2"], "--score"),
         ("eval", ["--weights", "w.safetensors", "--fps-iters", "-1"], "--fps-iters"),
+        ("eval", ["--weights", "w.safetensors", "--report", "--report-images", "0"], "--report-images"),
         ("demo", ["--max-steps", "0"], "--max-steps"),
     ],
 )

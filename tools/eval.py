@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         from detector.config import to_yaml
         from detector.html_report import write_eval_page
 
+        device = "cpu" if args.backend == "onnx" else args.device
         page = write_eval_page(
-            out, report, voc_result, class_names, to_yaml(cfg), max_images=args.report_images
+            out, report, voc_result, class_names, to_yaml(cfg), device=device, max_images=args.report_images
         )
         report["report_page"] = None if page is None else str(page)
     out.write_text(json.dumps(report, indent=2))
