@@ -58,7 +58,7 @@ td:first-child,th:first-child{text-align:left}
 .card figcaption{font-size:.8em;margin-top:4px;min-width:12em}
 .legend span{margin-right:1.4em;white-space:nowrap} .legend svg{vertical-align:middle;margin-right:.3em}
 img.plot{max-width:100%;border:1px solid #ddd;background:#fff}
-.kv td{text-align:left}
+.kv td{text-align:left} .warn{color:#a00}
 .side{display:flex;gap:8px;flex-wrap:nowrap} .side figure{margin:0}
 """
 
@@ -155,20 +155,20 @@ def _name(class_names: Sequence[str], label: int) -> str:
     return class_names[label - 1] if 1 <= label <= len(class_names) else str(label)
 
 
-def _load_image(path: str | Path | None, size: tuple[int, int] | None = None) -> Any:
-    """The image file as PIL RGB; a grey placeholder (with the reason) when it cannot be read."""
+def _load_image(path: str | Path | None, size: tuple[int, int] | None = None) -> tuple[Any, str | None]:
+    """(the image file as PIL RGB, None); a grey placeholder and the reason when it cannot be read."""
     from PIL import Image, ImageDraw
 
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return im.convert("RGB"), None
     except (OSError, ValueError, TypeError) as err:
         w, h = size or (320, 240)
         im = Image.new("RGB", (max(w, 64), max(h, 48)), (120, 120, 120))
         ImageDraw.Draw(im).text(
             (6, 6), f"image not readable:\n{path}\n{type(err).__name__}", fill=(255, 255, 255)
         )
-        return im
+        return im, f"image file not readable: {path} ({type(err).__name__})"
 
 
 def _image_size_hint(records: MatchRecords, index: int) -> tuple[int, int]:
@@ -224,7 +224,7 @@ def _card(
 ) -> str:
     from detector.visualize import draw_marks
 
-    image = _load_image(path, _image_size_hint(records, r.index))
+    image, problem = _load_image(path, _image_size_hint(records, r.index))
     scale = min(1.5, side / max(image.width, image.height))  # small tiles are enlarged up to 1.5x
     drawn = draw_marks(image, _marks(records, r, class_names), scale=scale)
     kinds = [str(records.kind[k]) for k in r.fp]
@@ -233,6 +233,7 @@ def _card(
         f"<b>{_e(image_id)}</b><br>TP {r.tp.size} · FP {r.fp.size}"
         + (f" ({_e(fp_text)})" if fp_text else "")
         + f" · missed {r.missed.size} · F1 {r.f1:.2f}"
+        + (f'<br><span class="warn">{_e(problem)}</span>' if problem else "")
     )
     attrs = {
         "class": "card",
@@ -652,7 +653,7 @@ def write_compare_report(
     labels = [r["label"] for r in results]
     cards = []
     for i, ex in enumerate(examples):
-        image = _load_image(ex.get("path"))
+        image, problem = _load_image(ex.get("path"))
         cells, errors, f1s = [], 0, []
         tokens: list[str] = []
         for label in labels:
@@ -671,7 +672,9 @@ def write_compare_report(
         f1 = min(f1s) if f1s else 1.0
         cards.append(
             f'<div class="card" data-index="{i}" data-name="{_e(ex["image_id"])}" data-errors="{errors}" '
-            f'data-f1="{f1:.6f}" data-marks="{_e(" ".join(tokens))}"><div><b>{_e(ex["image_id"])}</b></div>'
+            f'data-f1="{f1:.6f}" data-marks="{_e(" ".join(tokens))}"><div><b>{_e(ex["image_id"])}</b>'
+            + (f' <span class="warn">{_e(problem)}</span>' if problem else "")
+            + "</div>"
             f'<div class="side">{"".join(cells)}</div></div>'
         )
     classes = "".join(f'<option value="{c}">{_e(n)}</option>' for c, n in enumerate(class_names, start=1))

@@ -57,6 +57,7 @@ def test_page_is_self_contained_and_shows_the_run(page):
     assert "http://" not in text and "https://" not in text
     assert hashlib.sha256(b"data:\n  size: 256\n").hexdigest() in text
     assert "test machine" in text and 'id="confusion"' in text and 'id="prf-table"' in text
+    assert "not readable" not in text  # every image file was found and decoded
     assert len(cards) == len(ids)
 
 
@@ -88,6 +89,7 @@ def test_single_class_has_no_confusion_table_and_a_missing_image_is_a_placeholde
     )
     text = write_report(tmp_path / "one.html", report, one, ["tree"], ids, paths).read_text()
     assert 'id="confusion"' not in text and 'id="error-counts"' in text
+    assert text.count("image file not readable: ") == 1 and "gone.png" in text
     cells, _, cards, urls = parse_page(text)
     assert cells[("1", "tp")] == 1 and cells[("1", "fp")] == 0
     assert len(cards) == 3 and all(u.startswith("data:image/") or u == "data:," for u in urls)

@@ -109,6 +109,7 @@ def test_eval_report_page_and_precision_recall_f1_at_two_ious(trained):
     assert report["report_page"] == str(page)
     cells, marks, cards, urls = parse_page(page.read_text())
     assert len(cards) == report["num_images"] and all(u.startswith("data:") for u in urls)
+    assert "not readable" not in page.read_text()  # the evaluated image files were found
     for c, row in enumerate(report["prf"]["0.4"]["per_class"], start=1):
         assert (cells[(str(c), "tp")], cells[(str(c), "fp")], cells[(str(c), "missed")]) == (
             row["tp"], row["fp"], row["fn"]
