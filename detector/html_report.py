@@ -440,6 +440,15 @@ def _controls(records: MatchRecords, class_names: Sequence[str]) -> str:
     )
 
 
+def _write(path: Path, text: str) -> Path:
+    """Write the page atomically (a killed run never leaves half a page)."""
+    from detector.atomic import atomic_open
+
+    with atomic_open(path) as fh:
+        fh.write(text.encode("utf-8"))
+    return path
+
+
 def _page(title: str, body: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -515,9 +524,7 @@ otherwise. Detections on difficult (crowd) objects are neither true nor false po
 {cards}
 </div>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(title, body), encoding="utf-8")
-    return path
+    return _write(path, _page(title, body))
 
 
 def write_eval_page(
@@ -706,6 +713,4 @@ image; a card's error count adds up the detectors' errors.</p>
 {"".join(cards)}
 </div>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(title, body), encoding="utf-8")
-    return path
+    return _write(path, _page(title, body))
