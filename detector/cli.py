@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from detector.reporting import format_table, print_table
+from detector.reporting import PRF_HEADER, fmt_metric, format_table, prf_rows, print_table
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -255,23 +255,34 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "class"
 
 
-def _fmt(value: float | None) -> str:
-    """An AP for a table ("n/a" when undefined)."""
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def print_eval_report(report: dict) -> None:
     """Per-class AP table, COCO metrics and the model/speed table of an `evaluate_split` report."""
     voc = report["voc"]
     rows = [
-        (c["class"], c["num_gt"], c["num_det"], _fmt(c["ap"]), _fmt(c["ap_07"])) for c in voc["per_class"]
+        (
+            c["class"],
+            c["num_gt"],
+            c["num_det"],
+            fmt_metric(c["ap"]),
+            fmt_metric(c["ap_07"]),
+            fmt_metric(c.get("ap40")),
+        )
+        for c in voc["per_class"]
     ]
-    rows.append(("mean", "", "", _fmt(voc["map"]), _fmt(voc["map_07"])))
+    rows.append(
+        ("mean", "", "", fmt_metric(voc["map"]), fmt_metric(voc["map_07"]), fmt_metric(voc.get("map40")))
+    )
     print_table(
         f"VOC AP@0.5 on {report['split']} ({report['num_images']} images)",
         rows,
-        header=("class", "gt", "detections", "AP (area)", "AP (07 11-pt)"),
+        header=("class", "gt", "detections", "AP (area)", "AP (07 11-pt)", "AP40 (area)"),
     )
+    if "prf" in report:
+        print_table(
+            f"precision / recall / F1 at score >= {report['eval']['score']:g} (one-to-one, devkit matching)",
+            prf_rows(report["prf"]),
+            header=PRF_HEADER,
+        )
     print_table(
         "COCO metrics", [(k, f"{v:.4f}") for k, v in report["coco"].items()], header=("metric", "value")
     )

@@ -155,12 +155,21 @@ class OutputConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Operating point of precision / recall / F1 and of the report page's marks."""
+
+    iou: float = 0.5  # a detection matches a ground truth when IoU is above this (0.4 is DeepForest's)
+    score: float = 0.3  # detections scoring at least this count (the demo draws at 0.3 too)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 class ConfigError(ValueError):
@@ -213,6 +222,8 @@ def _validate(cfg: Config) -> None:
             "train.precision",
             "32-true, bf16-mixed or 16-mixed",
         ),
+        (0.0 < cfg.eval.iou < 1.0, "eval.iou", "an IoU in (0, 1)"),
+        (0.0 <= cfg.eval.score <= 1.0, "eval.score", "a score in [0, 1]"),
     ]
     for ok, key, expected in checks:
         if not ok:

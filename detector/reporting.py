@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PRF_HEADER",
     "fmt",
+    "fmt_metric",
     "fmt_spread",
     "format_table",
     "load_average",
@@ -24,6 +26,7 @@ __all__ = [
     "machine_description",
     "markdown_table",
     "print_table",
+    "prf_rows",
     "write_json",
 ]
 
@@ -145,6 +148,38 @@ def load_report(when: str) -> str:
     if load > LOADED_PER_CORE * cores:
         line += f"  WARNING: above {LOADED_PER_CORE} per core: a loaded machine, timings are not idle figures"
     return line
+
+
+def fmt_metric(value: float | None) -> str:
+    """An AP, precision, recall or F1 for a table, 4 decimals ("n/a" when undefined)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+PRF_HEADER = ("IoU", "class", "TP", "FP", "FN", "precision", "recall", "F1", "best F1", "at score")
+
+
+def prf_rows(prf: dict) -> list[tuple]:
+    """Rows of the P/R/F1 table: per IoU, each class then "all" (pooled counts); `n/a` where undefined."""
+    rows = []
+    for key, sec in prf.items():
+        several = len(sec["per_class"]) > 1  # one class: its row is the overall row
+        for c in [*sec["per_class"], *([{**sec, "class": "all"}] if several else [])]:
+            best = "n/a" if c["best_f1_score"] is None else f"{c['best_f1_score']:.3f}"
+            rows.append(
+                (
+                    key,
+                    c["class"],
+                    c["tp"],
+                    c["fp"],
+                    c["fn"],
+                    fmt_metric(c["precision"]),
+                    fmt_metric(c["recall"]),
+                    fmt_metric(c["f1"]),
+                    fmt_metric(c["best_f1"]),
+                    best,
+                )
+            )
+    return rows
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -22,12 +22,17 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
 __all__ = [
+    "MARK_STYLES",
     "class_color",
     "draw_detections",
+    "draw_marks",
+    "figure_png",
     "loss_cdf",
     "loss_share_of_hardest",
     "plot_loss_cdf",
     "plot_pr_curves",
+    "plot_pr_operating_points",
+    "plot_score_histogram",
     "plot_speed_accuracy",
     "plot_training_curves",
     "save_image",
@@ -326,3 +331,153 @@ def plot_loss_cdf(
         ax.legend(loc="upper left")
     fig.tight_layout()
     return _save_figure(fig, path)
+
+
+# ---- Marks of the evaluation report: true positives, false positives (by kind) and missed ground truth
+# Okabe-Ito colours (distinguishable with the common colour-vision deficiencies) AND a line style each, drawn
+# over a dark halo so they stay visible on any background.
+MARK_STYLES: dict[str, dict[str, Any]] = {
+    "tp": {"color": (86, 180, 233), "dash": None, "label": "true positive (solid)"},
+    "fp": {"color": (213, 94, 0), "dash": (9, 5), "label": "false positive (dashed, with its kind)"},
+    "missed": {"color": (240, 228, 66), "dash": (2, 4), "label": "missed ground truth (dotted)"},
+    "ignored": {"color": (170, 170, 170), "dash": (12, 4, 2, 4), "label": "difficult / ignored (dash-dot)"},
+}
+FP_KIND_SHORT = {"duplicate": "dup", "localization": "loc", "wrong_class": "cls", "background": "bg"}
+
+
+def _dashed_line(draw: Any, p: tuple[float, float], q: tuple[float, float], dash: Sequence[int] | None,
+                 fill: tuple[int, ...], width: int) -> None:
+    """A straight line from p to q, solid or with an on/off dash pattern (pixels)."""
+    if not dash:
+        draw.line([p, q], fill=fill, width=width)
+        return
+    length = float(np.hypot(q[0] - p[0], q[1] - p[1]))
+    if length == 0:
+        return
+    ux, uy = (q[0] - p[0]) / length, (q[1] - p[1]) / length
+    pos, i = 0.0, 0
+    while pos < length:
+        step = float(dash[i % len(dash)])
+        if i % 2 == 0:
+            end = min(pos + step, length)
+            draw.line([(p[0] + ux * pos, p[1] + uy * pos), (p[0] + ux * end, p[1] + uy * end)], fill=fill,
+                      width=width)
+        pos += step
+        i += 1
+
+
+def _styled_box(draw: Any, box: Sequence[float], style: Mapping[str, Any], width: int) -> None:
+    x1, y1, x2, y2 = box
+    corners = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+    for colour, w in (((0, 0, 0), width + 2), (style["color"], width)):  # halo, then the colour
+        for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+            _dashed_line(draw, a, b, style["dash"], colour, w)
+
+
+def draw_marks(
+    image: Image.Image, marks: Sequence[tuple[str, Sequence[float], str]], scale: float = 1.0, width: int = 2
+) -> Image.Image:
+    """A copy of a PIL image with ``(style, xyxy box, caption)`` marks; ``style`` is a key of MARK_STYLES.
+
+    Boxes are in the image's original pixels and multiplied by ``scale`` (the copy may be resized first).
+    """
+    from PIL import ImageDraw, ImageFont
+
+    out = image.convert("RGB")
+    if scale != 1.0:
+        size = (max(1, round(out.width * scale)), max(1, round(out.height * scale)))
+        out = out.resize(size, Image.BILINEAR)
+    draw = ImageDraw.Draw(out)
+    try:
+        font = ImageFont.load_default(size=11)  # Pillow >= 10.1 with FreeType
+    except (TypeError, ImportError, OSError):
+        font = ImageFont.load_default()
+    order = {"ignored": 0, "missed": 1, "tp": 2, "fp": 3}  # errors on top
+    for style, box, caption in sorted(marks, key=lambda m: order.get(m[0], 9)):
+        if style not in MARK_STYLES:
+            raise ValueError(f"unknown mark style {style!r}; expected one of {sorted(MARK_STYLES)}")
+        b = [float(v) * scale for v in box]
+        b = [min(max(b[0], 0), out.width - 1), min(max(b[1], 0), out.height - 1),
+             min(max(b[2], 0), out.width - 1), min(max(b[3], 0), out.height - 1)]
+        _styled_box(draw, b, MARK_STYLES[style], width)
+        if caption:
+            left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+            tw, th = right - left, bottom - top
+            x = min(max(b[0], 0), max(out.width - tw - 4, 0))
+            y = b[1] - th - 4 if b[1] - th - 4 >= 0 else b[3] + 1
+            draw.rectangle([x, y, x + tw + 3, y + th + 3], fill=(0, 0, 0))
+            draw.text((x + 2 - left, y + 1 - top), caption, fill=MARK_STYLES[style]["color"], font=font)
+    return out
+
+
+def figure_png(fig: Figure) -> bytes:
+    """A matplotlib figure as PNG bytes (for embedding in a page)."""
+    import io
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_pr_operating_points(
+    curves: Mapping[int, tuple[np.ndarray, np.ndarray, float]],
+    points: Mapping[int, Sequence[tuple[str, float | None, float | None]]],
+    class_names: Sequence[str] | None,
+    title: str,
+    columns: int = 3,
+) -> Figure:
+    """PR panels per class (``{cls: (recall, precision, ap)}``) with named operating points marked.
+
+    ``points``: ``{cls: [(label, recall, precision), ...]}``; a point with a None coordinate is skipped.
+    """
+    classes = sorted(curves)
+    if not classes:
+        raise ValueError("no class with ground truth: nothing to plot")
+    columns = max(1, min(columns, len(classes)))
+    rows = -(-len(classes) // columns)
+    fig = Figure(figsize=(3.6 * columns, 3.2 * rows), dpi=90)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    markers = ("o", "s", "^", "D")
+    for ax, cls in zip(axes.flat, classes, strict=False):
+        recall, precision, ap = curves[cls]
+        if len(recall):
+            ax.plot(recall, precision, color="#0072B2", lw=1.4)
+        for (label, r, p), marker in zip(points.get(cls, []), markers, strict=False):
+            if r is not None and p is not None:
+                ax.plot([r], [p], marker=marker, ms=8, ls="none", mfc="none" if marker != "o" else "#D55E00",
+                        mec="#D55E00" if marker == "o" else "black", mew=1.6, label=label)
+        ax.set_title(f"{_label_text(cls, class_names)}  AP {ap:.3f}", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower left")
+    for ax in list(axes.flat)[len(classes):]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_histogram(
+    tp_scores: np.ndarray, fp_scores: np.ndarray, threshold: float, title: str
+) -> Figure:
+    """Histogram of true-positive against false-positive scores (filled vs hatched), threshold marked."""
+    fig = Figure(figsize=(6, 3.4), dpi=90)
+    ax = fig.subplots()
+    bins = np.linspace(0.0, 1.0, 21)
+    ax.hist(np.asarray(tp_scores, dtype=float), bins=bins, color="#56B4E9", alpha=0.8,
+            label=f"true positives ({len(tp_scores)})")
+    ax.hist(np.asarray(fp_scores, dtype=float), bins=bins, histtype="step", hatch="///", color="#D55E00",
+            lw=1.5, label=f"false positives ({len(fp_scores)})")
+    ax.axvline(threshold, color="black", ls="--", lw=1, label=f"score threshold {threshold:g}")
+    ax.set_xlabel("score")
+    ax.set_ylabel("detections")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -350,6 +350,14 @@ def test_compare_trains_and_evaluates_detectors_and_writes_table_json_and_plot(d
     ]
     png = out / "compare_speed_accuracy.png"
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+    # compare.html: both detectors' detections on the same test images, everything embedded
+    from report_helpers import parse_page
+
+    page = (out / "compare.html").read_text()
+    _, _, cards, urls = parse_page(page)
+    assert len(cards) == 2 and all(u.startswith("data:") for u in urls)  # the two val images with objects
+    for card in cards:
+        assert page.count(f'alt="{card["data-name"]}: RetinaNet, ') == 2  # ours and torchvision's
 
 
 @pytest.mark.slow

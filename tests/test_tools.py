@@ -87,6 +87,39 @@ def test_eval_reports_voc_coco_fps_and_writes_json_and_pr_curves(trained):
 
 
 @pytest.mark.slow
+def test_eval_report_page_and_precision_recall_f1_at_two_ious(trained):
+    """`--report` writes report.html whose counts are the results JSON's; P/R/F1 at IoU 0.4 and 0.5."""
+    from report_helpers import parse_page
+
+    work, _, _ = trained
+    out = work / "eval_report" / "results.json"
+    proc = run_tool(
+        "eval", "--weights", work / "weights" / "tiny.safetensors", "--out", out, "--fps-iters", "0",
+        "--report", "eval.iou=0.4", "eval.score=0.05", cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["eval"] == {"iou": 0.4, "score": 0.05} and sorted(report["prf"]) == ["0.4", "0.5"]
+    for key, sec in report["prf"].items():
+        assert sec["iou"] == float(key) and sec["score"] == 0.05
+        assert {"precision", "recall", "f1", "best_f1", "best_f1_score", "map"} <= set(sec)
+        assert sec["tp"] + sec["fn"] == sec["num_gt"] == sum(c["num_gt"] for c in report["voc"]["per_class"])
+    assert "map40" in report["voc"] and "ap40" in report["voc"]["per_class"][0]
+    page = out.with_name("report.html")
+    assert report["report_page"] == str(page)
+    cells, marks, cards, urls = parse_page(page.read_text())
+    assert len(cards) == report["num_images"] and all(u.startswith("data:") for u in urls)
+    assert "not readable" not in page.read_text()  # the evaluated image files were found
+    for c, row in enumerate(report["prf"]["0.4"]["per_class"], start=1):
+        assert (cells[(str(c), "tp")], cells[(str(c), "fp")], cells[(str(c), "missed")]) == (
+            row["tp"], row["fp"], row["fn"]
+        )
+        assert marks[(str(c), "tp")] == row["tp"] and marks[(str(c), "missed")] == row["fn"]
+    for text in ("AP40 (area)", "precision / recall / F1 at score >= 0.05", "best F1", "report page:"):
+        assert text in proc.stdout
+
+
+@pytest.mark.slow
 def test_infer_draws_writes_coco_json_and_skips_a_non_image(trained):
     work, data, _ = trained
     inputs = work / "inputs"
@@ -161,6 +194,7 @@ def test_a_pickle_is_refused_as_weights(capsys, tmp_path):
         ("infer", ["--weights", "w.safetensors", "x.png", "--score", "2"], "--score"),
         ("eval", ["--weights", "w.safetensors", "--fps-iters", "-1"], "--fps-iters"),
         ("demo", ["--no-such-option"], "--no-such-option"),
+        ("eval", ["--weights", "w.safetensors", "--report", "--report-images", "0"], "--report-images"),
     ],
 )
 def test_bad_arguments_are_usage_errors(tool, argv, message, capsys):

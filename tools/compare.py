@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         help="untimed training steps first (the CPU focal loss compiles)",
     )
     parser.add_argument("--seeds", type=cli.comma_list(int), default=[0], help="train each detector per seed")
-    parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for compare.{md,json} and the PNG")
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for compare.{md,json,html}, PNG")
+    parser.add_argument(
+        "--report-images", type=int, default=6, help="test images in compare.html per detector (0: no page)"
+    )
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "compare"), help="runs and weights go here")
     parser.add_argument(
         "--reuse", action="store_true", help="load runs that finished in --work-dir with exactly this config"
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 def compare(args, cfg) -> int:  # noqa: ANN001 - cfg: the RetinaNet config, checked
     from detector.study.compare import ComparePlan, run_compare
 
+    if args.report_images < 0:
+        raise ValueError(f"--report-images must be >= 0, got {args.report_images}")
     if args.fps_iters < 1 or args.time_steps < 1 or args.time_warmup < 0:
         raise ValueError("--fps-iters and --time-steps must be >= 1, --time-warmup >= 0")
     if any(s <= 0 or s % 32 for s in args.sizes):
@@ -98,6 +103,7 @@ def compare(args, cfg) -> int:  # noqa: ANN001 - cfg: the RetinaNet config, chec
         time_steps=args.time_steps,
         time_warmup=args.time_warmup,
         reuse=args.reuse,
+        report_images=args.report_images,
     )
     run_compare(plan)
     return 0

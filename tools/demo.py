@@ -3,8 +3,9 @@
 two test images.
 
 Everything goes under `--out` (default demo_out/): the run (checkpoints, curves), the exported weights, the
-evaluation (results.json, PR curves) and the drawn detections. Sized to fit in 20 minutes on a 2-core CPU;
-`key=value` overrides change the recipe (`train.max_steps=100`), `data.root=D` where the trees are built.
+evaluation (results.json, PR curves, report.html: the page to open) and the drawn detections. Sized to fit
+in 20 minutes on a 2-core CPU; `key=value` overrides change the recipe (`train.max_steps=100`),
+`data.root=D` where the trees are built.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def demo(args, cfg) -> int:  # noqa: ANN001
-    from detector.config import replace_section
+    from detector.config import replace_section, to_yaml
     from detector.data.trees import build_trees_dataset, summary_rows
     from detector.evaluation.report import evaluate_split
+    from detector.html_report import write_eval_page
     from detector.inference.predict import load_detector
     from detector.lit import fit
 
@@ -56,6 +58,8 @@ def demo(args, cfg) -> int:  # noqa: ANN001
     eval_dir.mkdir(parents=True, exist_ok=True)
     report["weights"] = str(result.weights)
     report["pr_curves"] = cli.save_pr_curves(voc_result, class_names, eval_dir)
+    page = write_eval_page(eval_dir / "results.json", report, voc_result, class_names, to_yaml(cfg_w))
+    report["report_page"] = None if page is None else str(page)
     (eval_dir / "results.json").write_text(json.dumps(report, indent=2))
     timings.append(("evaluate", f"{time.perf_counter() - t:.1f} s"))
 
@@ -71,6 +75,7 @@ def demo(args, cfg) -> int:  # noqa: ANN001
         [
             *timings,
             ("results", str(eval_dir / "results.json")),
+            ("report page", str(page) if page else "not written (see the warning above)"),
             *[(f"drawn ({i + 1})", str(p)) for i, p in enumerate(drawn)],
         ],
     )

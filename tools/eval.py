@@ -3,8 +3,11 @@
 [key=value ...]`.
 
 Prints per-class AP (VOC area and VOC07 11-point at IoU 0.5), the means, COCO metrics, FPS and the parameter
-count; writes the same numbers as JSON and one precision-recall PNG per class next to it. The model always
-comes from the weights file; `--config` (its data section) and overrides change data and evaluation settings.
+count; writes the same numbers as JSON and one precision-recall PNG per class next to it. Precision,
+recall and F1 (at IoU 0.4, 0.5 and `eval.iou`, score `eval.score`) and the F1-maximizing score come too;
+`--report` also writes report.html, a self-contained page with an error gallery, next to the JSON. The
+model always comes from the weights file; `--config` (its data section) and overrides change data and
+evaluation settings (`model.score_thresh=...` and the other post-processing keys apply to the loaded model).
 `--weights model.onnx` (from tools/export_onnx.py) evaluates the exported graph through onnxruntime on the
 CPU, with the config and input size stored in it.
 """
@@ -23,12 +26,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", help="split to evaluate (default: data.test_split)")
     parser.add_argument("--out", help="results JSON (default: <output.dir>/<output.name>/eval/results.json)")
     parser.add_argument("--fps-iters", type=int, default=10, help="timed batches per FPS figure; 0 skips FPS")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write report.html next to the results JSON: tables, PR curves, error gallery "
+        "(at eval.iou and eval.score; opens from disk)",
+    )
+    parser.add_argument(
+        "--report-images", type=int, default=200, help="gallery of --report: the worst N images (default 200)"
+    )
     return cli.run(parser, evaluate, argv, validate=check)
 
 
 def check(args) -> None:  # noqa: ANN001
     if args.fps_iters < 0:
         raise ValueError(f"--fps-iters must be >= 0, got {args.fps_iters}")
+    if args.report_images < 1:
+        raise ValueError(f"--report-images must be >= 1, got {args.report_images}")
 
 
 def evaluate(args, cfg) -> int:  # noqa: ANN001
@@ -49,9 +63,21 @@ def evaluate(args, cfg) -> int:  # noqa: ANN001
     out = Path(args.out) if args.out else Path(cfg.output.dir) / cfg.output.name / "eval" / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report["pr_curves"] = cli.save_pr_curves(voc_result, class_names, out.parent)
+    page = None
+    if args.report:
+        from detector.config import to_yaml
+        from detector.html_report import write_eval_page
+
+        device = "cpu" if onnx else cli.resolve_device(args.device)
+        page = write_eval_page(
+            out, report, voc_result, class_names, to_yaml(cfg), device=device, max_images=args.report_images
+        )
+        report["report_page"] = None if page is None else str(page)
     out.write_text(json.dumps(report, indent=2))
     cli.print_eval_report(report)
     print(f"\nresults: {out}")
+    if page is not None:
+        print(f"report page: {page}")
     return 0
 
 

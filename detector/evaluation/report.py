@@ -82,9 +82,14 @@ def evaluate_split(
     The report holds per-class AP (VOC area and VOC07 11-point, IoU 0.5), their means, the COCO metrics,
     FPS (model only at batch 1 and `data.batch_size`, end to end at batch 1; skipped when `fps_iters` is 0)
     and the parameter count. The `voc_ap` result (with precision/recall curves) is what the PR plots need.
+
+    The report also holds VOC AP at IoU 0.4 (`voc.map40`, per class `ap40`) and, under `prf` keyed by IoU
+    ("0.4", "0.5" and `eval.iou`), precision / recall / F1 at `eval.score` and the best-F1 threshold. The
+    area result carries `details` (match records at `eval.iou`, image ids and files) for the report page.
     """
     from detector.data.datamodule import DetectionDataModule
     from detector.evaluation.coco import coco_ap
+    from detector.evaluation.matching import iou_key, prf_by_iou
     from detector.evaluation.voc import voc_ap
 
     split = split or cfg.data.test_split
@@ -97,6 +102,9 @@ def evaluate_split(
     area = voc_ap(dets, gts, 0.5, use_07_metric=False, num_classes=n_cls)
     p11 = voc_ap(dets, gts, 0.5, use_07_metric=True, num_classes=n_cls)
     coco = coco_ap(dets, gts, list(class_names))
+    # precision / recall / F1 at IoU 0.4, 0.5 and eval.iou, at eval.score (one matching: the devkit's)
+    prf, records = prf_by_iou(dets, gts, class_names, cfg.eval.score, (0.4, 0.5, cfg.eval.iou))
+    ap40 = prf[iou_key(0.4)]
     per_class = []
     for c, name in enumerate(class_names, start=1):
         per_class.append(
@@ -106,6 +114,7 @@ def evaluate_split(
                 "num_det": int(sum(int((np.asarray(d["labels"]) == c).sum()) for d in dets)),
                 "ap": _finite_or_none(area["ap"].get(c)),
                 "ap_07": _finite_or_none(p11["ap"].get(c)),
+                "ap40": _finite_or_none(ap40["per_class"][c - 1]["ap"]),
             }
         )
     report: dict[str, Any] = {
@@ -119,9 +128,19 @@ def evaluate_split(
         "voc": {
             "map": _finite_or_none(area["map"]),
             "map_07": _finite_or_none(p11["map"]),
+            "map40": ap40["map"],
             "per_class": per_class,
         },
         "coco": {k: float(v) for k, v in coco.items()},
+        "eval": {"iou": float(cfg.eval.iou), "score": float(cfg.eval.score)},
+        "prf": prf,
+    }
+    # what the report page needs (detector.html_report): the match records at eval.iou and the image files
+    paths = {str(r.image_id): str(r.image_path) for r in getattr(loader.dataset, "records", [])}
+    area["details"] = {
+        "records": records[iou_key(cfg.eval.iou)],
+        "image_ids": ids,
+        "image_paths": [paths.get(i, "") for i in ids],
     }
     if fps_iters > 0:
         report["speed"] = measure_speed(

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DevkitMatch",
     "Detections",
     "GroundTruths",
+    "devkit_match",
     "parse_detections",
     "parse_ground_truths",
     "voc_ap",
@@ -240,34 +242,84 @@ def _best_overlaps(
     return ovmax, jmax
 
 
-def _evaluate_class(
+@dataclass(frozen=True)
+class DevkitMatch:
+    """The devkit's matching of every detection, in the concatenated order of ``parse_detections``.
+
+    ``outcome``: 1 true positive, 0 false positive, -1 ignored (its best ground truth is difficult).
+    ``gt``: index (into the concatenated ground truth) of the detection's best same-class ground truth in its
+    image, -1 when there is none; ``iou``: that overlap (+1 convention), ``-inf`` when there is none. A false
+    positive with ``iou > iou_threshold`` is a duplicate (its ground truth was taken by a higher score).
+    ``num_gt``: non-difficult ground truth per class.
+    """
+
+    iou_threshold: float
+    outcome: np.ndarray  # int8 [K]
+    gt: np.ndarray  # int64 [K]
+    iou: np.ndarray  # float64 [K]
+    num_gt: dict[int, int]
+
+
+def _match_class(
     dets: Detections, gts: GroundTruths, cls: int, iou_threshold: float
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Devkit precision and recall curves of one class, and its number of non-difficult ground truths."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Devkit matching of one class: (detection indices in score order, outcome, best gt, best IoU, npos)."""
     gmask = gts.labels == cls
+    gt_index = np.flatnonzero(gmask)
     gt_image, gt_boxes, gt_difficult = gts.image[gmask], gts.boxes[gmask], gts.difficult[gmask]
     npos = int((~gt_difficult).sum())
-    dmask = dets.labels == cls
-    order = np.argsort(-dets.scores[dmask], kind="stable")
-    det_image, det_boxes = dets.image[dmask][order], dets.boxes[dmask][order]
-    ovmax, jmax = _best_overlaps(det_image, det_boxes, gt_image, gt_boxes, gts.num_images)
+    dsel = np.flatnonzero(dets.labels == cls)
+    order = dsel[np.argsort(-dets.scores[dsel], kind="stable")]
+    ovmax, jmax = _best_overlaps(dets.image[order], dets.boxes[order], gt_image, gt_boxes, gts.num_images)
 
     matched = ovmax > iou_threshold  # False wherever the image has no ground truth (ovmax = -inf, jmax = -1)
     on_difficult = np.zeros_like(matched)
     on_difficult[matched] = gt_difficult[jmax[matched]]
     candidate = np.flatnonzero(matched & ~on_difficult)
-    tp = np.zeros(det_boxes.shape[0])
+    outcome = np.where(on_difficult, -1, 0).astype(np.int8)
     _, first = np.unique(jmax[candidate], return_index=True)  # the first (highest-scoring) match of each gt
-    tp[candidate[first]] = 1.0
-    fp = (~matched).astype(np.float64)
-    fp[candidate] = 1.0 - tp[candidate]
+    outcome[candidate[first]] = 1
+    best_gt = np.full(jmax.shape, -1, dtype=np.int64)
+    has_gt = jmax >= 0
+    best_gt[has_gt] = gt_index[jmax[has_gt]]
+    return order, outcome, best_gt, ovmax, npos
 
-    fp = np.cumsum(fp)
-    tp = np.cumsum(tp)
+
+def _evaluate_class(
+    dets: Detections, gts: GroundTruths, cls: int, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Devkit precision and recall curves of one class, and its number of non-difficult ground truths."""
+    _, outcome, _, _, npos = _match_class(dets, gts, cls, iou_threshold)
+    tp = np.cumsum(outcome == 1, dtype=np.float64)
+    fp = np.cumsum(outcome == 0, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = tp / float(npos)  # npos == 0 gives nan/inf; such a class is left out by the caller
     precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
     return precision, recall, npos
+
+
+def devkit_match(
+    dets: Detections, gts: GroundTruths, iou_threshold: float = 0.5, classes: Sequence[int] | None = None
+) -> DevkitMatch:
+    """Every detection's outcome under the devkit's greedy, score-ordered matching (that of ``voc_ap``).
+
+    The matching is greedy in score order, so the detections scoring at least ``s`` are matched exactly as
+    if the others did not exist: counting outcomes above a score threshold gives precision and recall there.
+    """
+    if not 0.0 <= float(iou_threshold) < 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
+    k = dets.labels.shape[0]
+    outcome = np.zeros(k, dtype=np.int8)
+    best_gt = np.full(k, -1, dtype=np.int64)
+    best_iou = np.full(k, -np.inf)
+    num_gt: dict[int, int] = {}
+    if classes is None:
+        classes = np.union1d(dets.labels, gts.labels).tolist()
+    for cls in classes:
+        order, out, gt, iou, npos = _match_class(dets, gts, int(cls), float(iou_threshold))
+        outcome[order], best_gt[order], best_iou[order] = out, gt, iou
+        num_gt[int(cls)] = npos
+    return DevkitMatch(float(iou_threshold), outcome, best_gt, best_iou, num_gt)
 
 
 def parse_aligned(

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detector.study.runs import Variant
+from detector.config import Config
+from detector.study.runs import TrainedModel, Variant
 
 __all__ = ["PAPER_HEAD", "ComparePlan", "assign_weights", "run_compare", "variants"]
 
@@ -41,6 +42,7 @@ class ComparePlan:
     time_steps: int = 5
     time_warmup: int = 2
     reuse: bool = False
+    report_images: int = 6  # test images shown with every detector's detections in compare.html (0: no page)
 
 
 def variants(retinanet_config: str, faster_rcnn_config: str) -> list:
@@ -111,6 +113,7 @@ def run_compare(plan: ComparePlan) -> Path:
     chosen = [v for v in all_variants if not args.only or v.name in args.only]
     given = assign_weights(args.weights, all_variants, args.overrides)
     results = []
+    examples: dict[str, list[dict]] = {}  # detector label -> detections on the first test images (the page)
     for variant in chosen:
         print(f"== {variant.name}: {variant.label}", flush=True)
         row: dict = {}
@@ -146,6 +149,8 @@ def run_compare(plan: ComparePlan) -> Path:
                     ),
                     "seeds": [],
                 }
+            if not row["seeds"] and args.report_images:
+                examples[variant.label] = example_detections(trained, cfg, args.report_images)
             fps_iters = args.fps_iters if not row["seeds"] else 0
             row["seeds"].append(
                 {
@@ -184,9 +189,66 @@ def run_compare(plan: ComparePlan) -> Path:
             "results": results,
         },
     )
+    page = write_page(out / "compare.html", results, examples, png, machine, args) if examples else None
     print(markdown)
-    print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {png}")
+    print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {png}" + (f", {page}" if page else ""))
     return out / "compare.md"
+
+
+def example_detections(trained: TrainedModel, cfg: Config, count: int) -> list[dict]:
+    """The first `count` test images with ground truth, their annotations and this detector's detections."""
+    from detector.data.formats import build_dataset
+    from detector.data.images import read_image
+    from detector.inference.predict import predict
+
+    dataset = build_dataset(cfg.data, cfg.data.test_split, classes=list(trained.class_names))
+    records = [r for r in dataset.records if len(r.labels)][:count]
+    out = []
+    for rec in records:
+        det = predict(trained.model, [read_image(rec.image_path)], int(cfg.data.size))[0]
+        out.append(
+            {
+                "image_id": str(rec.image_id),
+                "path": str(rec.image_path),
+                "gt": {"boxes": rec.boxes, "labels": rec.labels, "difficult": rec.difficult},
+                "detections": {k: v.numpy() for k, v in det.items()},
+                "class_names": list(trained.class_names),
+                "eval": (float(cfg.eval.iou), float(cfg.eval.score)),
+            }
+        )
+    return out
+
+
+def write_page(
+    path: Path,
+    results: list[dict],
+    examples: dict[str, list[dict]],
+    png: Path,
+    machine: str,
+    plan: ComparePlan,
+) -> Path:
+    """compare.html: the study's tables and plot, and each detector's detections on the same test images."""
+    from detector.html_report import write_compare_report
+
+    first = next(iter(examples.values()))
+    by_id = {label: {ex["image_id"]: ex["detections"] for ex in exs} for label, exs in examples.items()}
+    merged = [
+        {**ex, "detections": {label: d[ex["image_id"]] for label, d in by_id.items() if ex["image_id"] in d}}
+        for ex in first
+    ]
+    iou, score = first[0]["eval"] if first else (0.5, 0.3)
+    names = first[0]["class_names"] if first else []
+    return write_compare_report(
+        path,
+        results,
+        merged,
+        names,
+        speed_accuracy_png=png,
+        iou=iou,
+        score=score,
+        machine=machine,
+        command=plan.command,
+    )
 
 
 def mean_over_seeds(seeds: list[dict]) -> list[dict]:
