@@ -99,7 +99,7 @@ def parse_page(text: str) -> tuple[dict[tuple[str, str], int], Counter, list[dic
 
 def compare_page(folder: Path) -> tuple[Path, list[dict]]:
     """A compare.html of two made-up detectors on three generated images (the study's row layout)."""
-    from detector.html_report import write_compare_report
+    from detector.html_compare import write_compare_report
 
     report, records, ids, paths = evaluated_set(folder / "images", num_images=3)
     d, g = records.dets, records.gts

@@ -228,7 +228,7 @@ def write_page(
     plan: ComparePlan,
 ) -> Path:
     """compare.html: the study's tables and plot, and each detector's detections on the same test images."""
-    from detector.html_report import write_compare_report
+    from detector.html_compare import write_compare_report
 
     first = next(iter(examples.values()))
     by_id = {label: {ex["image_id"]: ex["detections"] for ex in exs} for label, exs in examples.items()}
