@@ -119,10 +119,10 @@ if check:
               f"{len(cases) - len(bad)} of {len(cases)} checks passed."]
     for c in bad[:20]:
         lines.append(f"- FAILED: {c}")
-sys.path.insert(0, str(Path.cwd() / "tools"))
+sys.path.insert(0, str(Path.cwd()))
 bench = load("bench_focal.json")
 if bench:
-    from bench_focal import markdown_table
+    from detector.bench.focal import markdown_table
 
     lines += ["", f"## Focal loss, forward + backward ({bench['machine']}, torch {bench['torch']})", "",
               markdown_table(bench)]
@@ -130,7 +130,7 @@ for path in sorted(out.glob("bench_model_*.json")):
     model = load(path.name)
     if not model:
         continue
-    from bench_model import markdown_table as model_table
+    from detector.bench.model import markdown_table as model_table
 
     lines += ["", f"## Model benchmark ({path.stem.removeprefix('bench_model_')}): {model['size']} px, "
               f"batch {model['batch']}, amp={model['amp']}, median of {model['repeats']} ({model['machine']})", "",
