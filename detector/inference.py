@@ -295,12 +295,15 @@ def evaluate_split(
     class_names: Sequence[str],
     split: str | None = None,
     fps_iters: int = 10,
+    collect: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate on `split` (default `data.test_split`): (JSON-ready report, `voc_ap` area result).
 
     The report holds per-class AP (VOC area and VOC07 11-point, IoU 0.5), their means, the COCO metrics,
     FPS (model only at batch 1 and `data.batch_size`, end to end at batch 1; skipped when `fps_iters` is 0)
     and the parameter count. The `voc_ap` result (with precision/recall curves) is what the PR plots need.
+    `collect(model, loader) -> (ids, detections, ground truths)` replaces `collect_predictions` (tiled
+    prediction on full-size images: `detector.tiling.TiledCollector`).
     """
     from detector.data.datamodule import VOCDataModule
     from detector.evaluation.coco import coco_ap
@@ -316,7 +319,7 @@ def evaluate_split(
     dm = VOCDataModule(data_cfg, seed=cfg.train.seed)
     dm.setup("test")
     loader = dm.test_dataloader()
-    ids, dets, gts = collect_predictions(model, loader)
+    ids, dets, gts = (collect or collect_predictions)(model, loader)
     n_cls = len(class_names)
     area = voc_ap(dets, gts, 0.5, use_07_metric=False, num_classes=n_cls)
     p11 = voc_ap(dets, gts, 0.5, use_07_metric=True, num_classes=n_cls)

@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="results JSON (default: <output.dir>/<output.name>/eval/results.json)")
     parser.add_argument("--fps-iters", type=int, default=10, help="timed batches per FPS figure; 0 skips FPS")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda (default: best)")
+    # -- tiling of full-size images (logic in detector.tiling; flags to port to detector.cli) --
+    parser.add_argument(
+        "--tile", type=int, help="tile side in px (default: the model size, for images over twice it; 0: off)"
+    )
+    parser.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_args(argv)
     if args.fps_iters < 0:
@@ -41,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detector.config import ConfigError, load_config
     from detector.inference import apply_overrides, evaluate_split, load_detector
+    from detector.tiling import TileSettings, TiledCollector, onnx_predict_batch, torch_predict_batch
     from detector.weights import WeightsError
 
     try:
@@ -60,7 +66,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.model} was exported for size {model.size}, got data.size={cfg.data.size}"
                 )
             cfg = apply_overrides(cfg, [f"data.size={model.size}"])
-        report, voc_result = evaluate_split(model, cfg, class_names, args.split, fps_iters=args.fps_iters)
+        settings = TileSettings(
+            args.tile, args.overlap, max(1, int(cfg.data.batch_size)), nms_thresh=cfg.model.nms_thresh
+        )
+        settings.check()
+        predict_batch = (
+            onnx_predict_batch(model) if args.backend == "onnx" else torch_predict_batch(model, cfg.data.size)
+        )
+        collect = TiledCollector(predict_batch, cfg.data.size, settings)
+        report, voc_result = evaluate_split(
+            model, cfg, class_names, args.split, fps_iters=args.fps_iters, collect=collect
+        )
+        report["tiling"] = collect.describe()
         if args.backend == "onnx":
             report.update(backend="onnx", params=model.num_parameters())
     except (ConfigError, ImportError, FileNotFoundError, WeightsError, ValueError) as err:
@@ -72,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     report["pr_curves"] = save_pr_curves(voc_result, class_names, out.parent)
     out.write_text(json.dumps(report, indent=2))
     print_eval_report(report)
+    if report["tiling"]["tiled"]:
+        t = report["tiling"]
+        print(f"\nfull-size images predicted by tiles: tile {t['tile']}, overlap {t['overlap']}")
     print(f"\nresults: {out}")
     return 0
 
