@@ -1,14 +1,15 @@
-"""Map coordinates for detections on a georeferenced GeoTIFF: pixel boxes -> GeoJSON polygons in the image's CRS.
+"""Map coordinates for detections on a georeferenced GeoTIFF: pixel boxes -> GeoJSON polygons in its CRS.
 
-Pixel convention: boxes are xyxy in 0-based continuous pixel coordinates, integers on pixel corners: (0, 0) is
-the outer (top-left) corner of the top-left pixel and pixel (col, row) covers [col, col + 1] x [row, row + 1].
-The affine transform maps those corner coordinates to map coordinates (GDAL's and rasterio's convention: for a
-PixelIsArea file the tie point is that outer corner; for PixelIsPoint the tie point is the pixel centre and the
-transform is shifted by half a pixel).
+Pixel convention: boxes are xyxy in 0-based continuous pixel coordinates, integers on pixel corners: (0, 0)
+is the outer (top-left) corner of the top-left pixel and pixel (col, row) covers [col, col + 1] x [row,
+row + 1]. The affine transform maps those corner coordinates to map coordinates (GDAL's and rasterio's
+convention: for a PixelIsArea file the tie point is that outer corner; for PixelIsPoint the tie point is the
+pixel centre and the transform is shifted by half a pixel).
 
 The GeoJSON is written with rasterio (`pip install 'focaldet[geo]'`), which reads every way a GeoTIFF can
-state its CRS and transform. Without it, `geotiff_tags_transform` still reads the plain tie point / pixel scale
-tags (33922 / 33550) with PIL, enough to tell that a file is georeferenced and say how to get map coordinates.
+state its CRS and transform. Without it, `geotiff_tags_transform` still reads the plain tie point / pixel
+scale tags (33922 / 33550) with PIL: enough to tell that a file is georeferenced and say how to get map
+coordinates, and to check the mapping in tests.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ __all__ = [
     "write_image_geojson",
 ]
 
-GEO_HINT = "georeferenced GeoTIFF input: for map coordinates (<stem>.geojson) run: pip install 'focaldet[geo]'"
+GEO_HINT = "georeferenced GeoTIFF input: for map coordinates (<stem>.geojson): pip install 'focaldet[geo]'"
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 _TAG_PIXEL_SCALE, _TAG_TIEPOINT, _TAG_TRANSFORMATION, _TAG_GEOKEYS = 33550, 33922, 34264, 34735
@@ -48,7 +49,7 @@ _PIXEL_IS_POINT = 2
 
 
 class GeoUnavailableError(ImportError):
-    """The input is georeferenced but rasterio (the geo extra) is missing; the message says how to install it."""
+    """The input is georeferenced but rasterio (the geo extra) is missing; the message says how to get it."""
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,22 @@
-"""Detection on images larger than the network input: overlapping tiles, run in batches, merged over the image.
+"""Detection on images larger than the network input: overlapping tiles, in batches, merged over the image.
 
-`predict_tiled(predict_batch, image, tile, overlap)` cuts the image into `tile` x `tile` windows (the last row
-and column flush with the image border, none beyond it), feeds them to `predict_batch` at most `batch_size` at a
-time as lazy crops (views; only the current batch is ever letterboxed), shifts each tile's boxes into
-whole-image pixels and merges them in two steps:
+`predict_tiled(predict_batch, image, tile, overlap)` cuts the image into `tile` x `tile` windows (the last
+row and column flush with the image border, none beyond it), feeds them to `predict_batch` at most
+`batch_size` at a time as lazy crops (views; only the current batch is ever letterboxed), shifts each tile's
+boxes into whole-image pixels and merges them in two steps:
 
-1. cut boxes: a box that touches an inner tile edge (within `edge_tol` px of a window border that is not the
-   image border) is the visible part of an object the tile cut. It is dropped when a box of the same class from
-   another tile is larger (by area, then score) and covers most of it: intersection over the smaller box's area
-   >= `edge_ios`. This runs before the NMS because the cut part can outscore the whole box and, with an IoU above
-   the NMS threshold, would otherwise suppress it.
+1. cut boxes: a box that touches an inner tile edge (within `edge_tol` px of a window border that is not
+   the image border) is the visible part of an object the tile cut. It is dropped when a box of the same
+   class from another tile is larger (by area, then score) and covers most of it: intersection over the
+   smaller box's area >= `edge_ios`. This runs before the NMS because the cut part can outscore the whole
+   box and, with an IoU above the NMS threshold, would otherwise suppress it.
 2. duplicates: one class-wise NMS (IoU `nms_thresh`) over the whole image, so an object seen whole by two
    overlapping tiles is reported once.
 
-Objects wider than the overlap (`tile * overlap` px) are never seen whole by any tile and may be reported as
-two parts; choose the overlap above the largest object. `predict_batch(list of uint8 [3, h, w]) -> list of
-dict(boxes xyxy in tile pixels, scores, labels)` is the only model interface, so the PyTorch model and the ONNX
-backend tile the same way (`torch_predict_batch`, `onnx_predict_batch`).
+Objects wider than the overlap (`tile * overlap` px) are never seen whole by any tile and may be reported
+as two parts; choose the overlap above the largest object. `predict_batch(list of uint8 [3, h, w]) -> list
+of dict(boxes xyxy in tile pixels, scores, labels)` is the only model interface, so the PyTorch model and
+the ONNX backend tile the same way (`torch_predict_batch`, `onnx_predict_batch`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ PredictBatch = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 
 @dataclass(frozen=True)
 class TileSettings:
-    """How the tools tile: `tile` None = automatic (model size, for images over twice it), 0 = never, N = N px.
+    """How the tools tile: `tile` None = auto (model size, for images over twice it), 0 = never, N = N px.
 
     The merge thresholds are documented in the module docstring.
     """
@@ -114,8 +114,8 @@ def tile_windows(height: int, width: int, tile: int, overlap: float) -> list[tup
 
 
 def choose_tile(height: int, width: int, model_size: int, tile: int | None) -> int:
-    """Tile side to use for an image, 0 for none: `tile` 0 never tiles; None tiles at the model size when a side
-    exceeds twice it; N tiles at N when a side exceeds N (a smaller image is one tile: the whole image)."""
+    """Tile side to use for an image, 0 for none: `tile` 0 never tiles; None tiles at the model size when a
+    side exceeds twice it; N tiles at N when a side exceeds N (a smaller image is one tile, the image)."""
     if tile is None:
         return int(model_size) if max(height, width) > AUTO_FACTOR * int(model_size) else 0
     if int(tile) != tile or tile < 0:
@@ -241,8 +241,8 @@ def predict_tiled(
     """Detections (boxes xyxy in whole-image pixels, scores, labels) for a uint8 image [3, H, W] by tiles.
 
     `image` is a tensor or anything with `.shape` (3, H, W) whose `[:, y0:y1, x0:x1]` gives a uint8 tile
-    (e.g. a windowed file reader); crops are taken one batch at a time, so memory beyond the image is bounded by
-    `batch_size` tiles. `progress`: a tqdm bar on stderr (None: only when stderr is a terminal).
+    (e.g. a windowed file reader); crops are taken one batch at a time, so memory beyond the image is bounded
+    by `batch_size` tiles. `progress`: a tqdm bar on stderr (None: only when stderr is a terminal).
     """
     if batch_size < 1:
         raise ValueError(f"tile batch size must be >= 1, got {batch_size}")
@@ -279,7 +279,7 @@ def predict_tiled(
 
 
 def torch_predict_batch(model: torch.nn.Module, size: int) -> PredictBatch:
-    """`predict_batch` for a PyTorch detector: letterbox the tiles to `size`, one forward for the whole batch."""
+    """`predict_batch` for a PyTorch detector: tiles letterboxed to `size`, one forward for the batch."""
     from detector.inference import predict
 
     return lambda tiles: predict(model, tiles, size, batch_size=max(1, len(tiles)))
@@ -299,7 +299,7 @@ def predict_image(
     settings: TileSettings = TileSettings(),
     desc: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One image, tiled when `choose_tile` says so, else letterboxed whole (as `detector.inference.predict`)."""
+    """One image, tiled when `choose_tile` says so, else letterboxed whole (as `inference.predict`)."""
     height, width = int(image.shape[-2]), int(image.shape[-1])
     tile = choose_tile(height, width, model_size, settings.tile)
     if not tile:
@@ -348,8 +348,8 @@ def collect_tiled(
     model_size: int,
     settings: TileSettings = TileSettings(),
 ) -> tuple[list[str], list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
-    """(image ids, detections, ground truths) in original pixels for a dataset with `records`, each image read
-    whole and predicted through `predict_image` (tiled when it applies): the eval path for full-size images."""
+    """(image ids, detections, ground truths) in original pixels for a dataset with `records`, each image
+    read whole and predicted through `predict_image` (tiled when it applies): eval on full-size images."""
     from detector.data.images import read_image
 
     ids: list[str] = []
@@ -377,8 +377,8 @@ def collect_tiled(
 
 
 class TiledCollector:
-    """`collect(model, loader)` for `detector.inference.evaluate_split`: tiled prediction on each full image when
-    some image of the loader's dataset needs tiles, else the usual batched letterbox path (unchanged numbers).
+    """`collect(model, loader)` for `inference.evaluate_split`: tiled prediction on each full image when some
+    image of the loader's dataset needs tiles, else the usual batched letterbox path (unchanged numbers).
 
     After a call, `tiled` says which path ran; `describe()` is the JSON-ready record of the settings.
     """
@@ -403,7 +403,7 @@ class TiledCollector:
         s = self.settings
         return {
             "tiled": self.tiled,
-            "tile": s.tile if s.tile is not None else f"auto ({self.model_size} px above {AUTO_FACTOR}x that)",
+            "tile": s.tile if s.tile is not None else f"auto ({self.model_size} px over {AUTO_FACTOR}x that)",
             "overlap": s.overlap,
             "nms_thresh": s.nms_thresh,
             "edge_ios": s.edge_ios,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 from pathlib import Path
 
@@ -38,9 +40,7 @@ def test_tile_starts_are_strided_and_the_last_is_flush_with_the_end():
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    length=st.integers(1, 5000), tile=st.integers(1, 700), overlap=st.floats(0.0, 0.9, allow_nan=False)
-)
+@given(length=st.integers(1, 5000), tile=st.integers(1, 700), overlap=st.floats(0.0, 0.9, allow_nan=False))
 def test_tile_starts_cover_the_axis_without_leaving_it(length, tile, overlap):
     if tile - round(tile * overlap) < 1:
         with pytest.raises(ValueError, match="stride"):
@@ -49,7 +49,7 @@ def test_tile_starts_cover_the_axis_without_leaving_it(length, tile, overlap):
     starts = tile_starts(length, tile, overlap)
     ends = [min(s + tile, length) for s in starts]
     assert starts[0] == 0 and ends[-1] == length
-    assert all(0 <= s and e <= length for s, e in zip(starts, ends, strict=True))
+    assert all(s >= 0 and e <= length for s, e in zip(starts, ends, strict=True))
     assert starts == sorted(set(starts))
     # consecutive tiles overlap by at least the requested amount (the flush last one by more)
     for (s0, e0), s1 in zip(zip(starts, ends, strict=True), starts[1:], strict=False):
@@ -149,8 +149,8 @@ def test_edge_tolerance_and_coverage_threshold():
 
 
 def test_the_cut_rule_runs_before_the_nms():
-    """The cut part scores higher and overlaps the whole box by IoU 0.67 > 0.5: an NMS alone would keep the cut
-    part and drop the whole object."""
+    """The cut part scores higher and overlaps the whole box by IoU 0.67 > 0.5: an NMS alone would keep the
+    cut part and drop the whole object."""
     out = merge_tile_detections(
         torch.tensor([[80.0, 10, 100, 40], [80, 10, 110, 40]]),
         torch.tensor([0.95, 0.7]),
@@ -181,7 +181,7 @@ def test_duplicates_under_the_overlap_are_merged_classwise():
 
 
 class BlobDetector:
-    """A detector for tests: each connected bright blob of a tile is one box (tile pixels, clipped by the tile).
+    """A detector for tests: each connected bright blob of a tile is one box (tile pixels, cut by the tile).
 
     Records every batch it is given, so tests can check the batching and the coordinates.
     """
@@ -204,7 +204,11 @@ class BlobDetector:
             # cut parts score higher than whole boxes, the hard case for a plain NMS
             w = boxes_t[:, 2] - boxes_t[:, 0]
             results.append(
-                {"boxes": boxes_t, "scores": 0.5 + 0.4 / (1 + w / 100), "labels": torch.ones(n, dtype=torch.int64)}
+                {
+                    "boxes": boxes_t,
+                    "scores": 0.5 + 0.4 / (1 + w / 100),
+                    "labels": torch.ones(n, dtype=torch.int64),
+                }
             )
         return results
 
@@ -220,7 +224,12 @@ def _image_with(boxes: list[list[int]], height: int, width: int) -> torch.Tensor
 OBJECTS = [
     [20, 20, 40, 45],  # inside the first tile only
     [75, 10, 95, 40],  # under the overlap of tiles x0=0 and x0=70: seen whole twice
-    [150, 75, 190, 120],  # across tile edges (x=170 of tile 70, y=100 of tile row 0): cut, and whole elsewhere
+    [
+        150,
+        75,
+        190,
+        120,
+    ],  # across tile edges (x=170 of tile 70, y=100 of tile row 0): cut, and whole elsewhere
     [230, 200, 255, 228],  # at the image corner
 ]
 
@@ -238,8 +247,8 @@ def test_objects_are_reported_once_at_their_place_in_image_pixels():
 
 
 def test_without_the_merge_the_seams_would_duplicate():
-    """The same image, each tile's boxes shifted but not merged: the overlap and cut objects come out more than
-    once, so the merge is what the previous test checks."""
+    """The same image, each tile's boxes shifted but not merged: the overlap and cut objects come out more
+    than once, so the merge is what the previous test checks."""
     image = _image_with(OBJECTS, 230, 260)
     detector = BlobDetector()
     windows = tile_windows(230, 260, 100, 0.3)
@@ -299,7 +308,7 @@ def test_progress_bar_goes_to_stderr_when_asked(capsys):
     assert capsys.readouterr().err == ""
 
 
-# ------------------------------------------------------------------------------------------ the real model path
+# --------------------------------------------------------------------------------------- the real model path
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +347,27 @@ def test_torch_model_tiles_in_batches_and_boxes_stay_in_the_image(tiny_model):
     assert bool((out["scores"][:-1] >= out["scores"][1:]).all())
 
 
-# ------------------------------------------------------------------------------------------------ the eval path
+@pytest.mark.slow
+def test_the_onnx_backend_tiles_the_same_way(tiny_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from detector.export import calibrate_scores, compare_detections, export_onnx, synthetic_images
+    from detector.onnx_runtime import OnnxDetector
+    from detector.tiling import onnx_predict_batch
+
+    model = copy.deepcopy(tiny_model)
+    model.score_thresh = 0.05
+    calibrate_scores(model, synthetic_images(64, batch=2, seed=3), above=15)
+    path = export_onnx(model, tmp_path / "tiny.onnx", 64, ["a", "b"], dynamic_batch=True)
+    image = synthetic_images(200, batch=1, seed=1)[0][:, :150]
+    kwargs = {"tile": 64, "overlap": 0.25, "batch_size": 4, "progress": False}
+    expected = predict_tiled(torch_predict_batch(model, 64), image, **kwargs)
+    actual = predict_tiled(onnx_predict_batch(OnnxDetector(path)), image, **kwargs)
+    assert len(expected["scores"]) > 20
+    stats = compare_detections([expected], [actual], score_thresh=0.05)
+    assert stats["detections"] >= len(expected["scores"]) - 2
+
+
+# --------------------------------------------------------------------------------------------- the eval path
 
 
 def _write_voc(root: Path, images: dict[str, tuple[torch.Tensor, list[list[int]]]]) -> None:
@@ -382,7 +411,9 @@ def test_the_collector_falls_back_to_the_loader_when_nothing_needs_tiles(tmp_pat
         dataset = VOCDataset(tmp_path, "test", classes=["blob"])
 
     calls = []
-    monkeypatch.setattr("detector.inference.collect_predictions", lambda m, ld: calls.append(ld) or ([], [], []))
+    monkeypatch.setattr(
+        "detector.inference.collect_predictions", lambda m, ld: calls.append(ld) or ([], [], [])
+    )
     collector = TiledCollector(BlobDetector(), 64, TileSettings(progress=False))
     assert collector(None, Loader()) == ([], [], [])
     assert collector.tiled is False and len(calls) == 1
@@ -397,3 +428,85 @@ def test_tile_count_grows_with_the_image_not_the_batch():
     per_axis = math.ceil((10_000 - 416) / (416 - 104)) + 1
     assert n == per_axis**2 == 32**2
     assert np.isfinite(n)
+
+
+# ------------------------------------------------------------------------------------------------ the tools
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from tiny_weights import write_tiny_weights
+
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    return write_tiny_weights(path, ["blob"], "model.score_thresh=0.0")
+
+
+def _tool(name):
+    from test_tools import load_tool
+
+    return load_tool(name)
+
+
+@pytest.mark.slow
+def test_infer_tiles_a_large_image_and_keeps_boxes_inside_it(tiny_weights, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.fromarray(_image_with(OBJECTS, 230, 260).permute(1, 2, 0).numpy()).save(path)
+    counts = {}
+    for tile in ("128", "0"):
+        out = tmp_path / f"out{tile}"
+        argv = ["--weights", str(tiny_weights), str(path), "--out", str(out), "--score", "0", "--tile", tile]
+        assert _tool("infer").main([*argv, "--overlap", "0.25", "--no-progress"]) == 0
+        dets = json.loads((out / "detections.json").read_text())
+        for d in dets:
+            x, y, w, h = d["bbox"]
+            assert x >= 0 and y >= 0 and x + w <= 260.01 and y + h <= 230.01
+        counts[tile] = len(dets)
+    # one whole-image forward is capped at detections_per_img (100); nine merged tiles give more
+    assert counts["0"] == 100 and counts["128"] > 100
+
+
+@pytest.mark.parametrize("argv", [["--tile", "-3"], ["--overlap", "1.5"], ["--tile-batch", "0"]])
+def test_infer_rejects_bad_tile_flags(tiny_weights, tmp_path, argv, capsys):
+    assert _tool("infer").main(["--weights", str(tiny_weights), str(tmp_path), *argv]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.slow
+def test_eval_runs_full_size_images_through_the_tiled_path(tiny_weights, tmp_path):
+    big = _image_with(OBJECTS, 230, 260)
+    small = _image_with([[5, 5, 30, 30]], 60, 80)
+    _write_voc(tmp_path / "voc", {"big": (big, OBJECTS), "small": (small, [[5, 5, 30, 30]])})
+    out = tmp_path / "results.json"
+    argv = ["--weights", str(tiny_weights), "--fps-iters", "0", "--device", "cpu", "--out", str(out)]
+    overrides = [f"data.root={tmp_path / 'voc'}", "data.test_split=test", "data.workers=0"]
+    assert _tool("eval").main([*argv, "--tile", "128", *overrides]) == 0
+    report = json.loads(out.read_text())
+    assert report["tiling"]["tiled"] is True and report["tiling"]["tile"] == 128
+    assert report["num_images"] == 2 and report["voc"]["per_class"][0]["num_gt"] == 5
+    assert report["voc"]["per_class"][0]["num_det"] > 100  # the 230 x 260 image: nine merged tiles
+    assert _tool("eval").main([*argv, "--tile", "0", *overrides]) == 0
+    report = json.loads(out.read_text())
+    assert report["tiling"]["tiled"] is False and report["voc"]["per_class"][0]["num_det"] <= 200
+
+
+def test_the_pixel_limit_is_an_overridable_setting(tmp_path):
+    from PIL import Image
+
+    from detector.data.images import ImageReadError, read_image
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(path)
+    with pytest.raises(ImageReadError, match=r"1999.*--max-pixels"):
+        read_image(path, max_pixels=1999)
+    assert read_image(path, max_pixels=2000).shape == (3, 40, 50)
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 100  # PIL's global would refuse it (over twice its limit) ...
+        with pytest.raises(ImageReadError, match="too large"):
+            read_image(path)
+        assert read_image(path, max_pixels=0).shape == (3, 40, 50)  # ... an explicit 0 means no limit
+        assert Image.MAX_IMAGE_PIXELS == 100  # and the global is left as it was
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detector.config import ConfigError, load_config
     from detector.inference import apply_overrides, evaluate_split, load_detector
-    from detector.tiling import TileSettings, TiledCollector, onnx_predict_batch, torch_predict_batch
+    from detector.tiling import TiledCollector, TileSettings, onnx_predict_batch, torch_predict_batch
     from detector.weights import WeightsError
 
     try:

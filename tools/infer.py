@@ -4,9 +4,10 @@
 With `--backend onnx --model model.onnx` (from tools/export_onnx.py) the same runs through onnxruntime on the
 CPU instead of PyTorch, with the same outputs; needs `pip install 'focaldet[onnx]'`.
 
-Any image size and mode. Large images run by tiles (`--tile N`, `--overlap F`; automatic above twice the model
-input size, `--tile 0` turns it off) merged over the whole image. A georeferenced GeoTIFF also gets
-`<stem>.geojson` (box polygons in its CRS; needs `pip install 'focaldet[geo]'`). Writes each image with its detections drawn (class name and score) and one
+Any image size and mode. Large images run by tiles (`--tile N`, `--overlap F`; automatic above twice the
+model input size, `--tile 0` turns it off), merged over the whole image. A georeferenced GeoTIFF also gets
+`<stem>.geojson` (box polygons in its CRS; needs `pip install 'focaldet[geo]'`).
+Writes each image with its detections drawn (class name and score) and one
 COCO-results JSON (`detections.json`: image_id = file stem, category_id 1..C, bbox xywh in original pixels).
 A file that is not a readable image is reported and skipped; the others still run.
 """
