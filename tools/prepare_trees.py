@@ -1,6 +1,9 @@
 """Build the bundled tree-crown dataset (VOC layout) from the installed deepforest==2.1.0 package data.
 
-Usage: python tools/prepare_trees.py [--out data/trees] [--source DIR]
+Usage: python tools/prepare_trees.py [--out data/trees] [--source DIR] [--whole data/trees_whole]
+
+`--whole DIR` also writes the source orthophotos whole (same splits) for tiled evaluation (`tools/eval.py
+data.root=DIR`), to compare with the per-tile evaluation of the same area.
 """
 
 from __future__ import annotations
@@ -44,9 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--source", default=None, help="folder with the source PNG+XML (default: deepforest's data/)"
     )
+    parser.add_argument("--whole", metavar="DIR", help="also write the whole source images as VOC in DIR")
     args = parser.parse_args(argv)
     try:
         summary = build_trees_dataset(args.out, args.source)
+        if args.whole:
+            from detector.data.tree_sources import build_tree_sources
+
+            whole = build_tree_sources(args.whole, args.source)
     except DeepForestNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -55,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['files_written']} file(s) written)"
     )
     print(format_summary(summary))
+    if args.whole:
+        print(f"whole source images in {whole['out_dir']} ({whole['files_written']} file(s) written)")
+        for split, info in whole["splits"].items():
+            print(f"  {split}: {', '.join(info['sizes'])} px, {info['boxes']} boxes")
     return 0
 
 
