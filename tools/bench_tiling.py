@@ -17,6 +17,14 @@ bytes, and the peak RSS of the tiled prediction alone (VmHWM after `echo 5 > /pr
 own memory, quick enough for 10,000 x 10,000 px on a small machine.
 
     python tools/bench_tiling.py --memory 10000 10000 [--tile 416 --batch 4]
+
+Seams (`--seams`): on the bundled tree sources (real crown layouts, whole annotation files), an oracle tile
+detector that reports the visible part of every annotated crown at least `--visible` visible in a tile (random
+scores, so a cut part often outscores the whole crown) is merged three ways: ours (cut-box rule, then NMS),
+NMS only, and no merge; each against the whole image's annotations (VOC AP50, false positives). It also counts
+what the per-tile split (`detector.data.trees`, 400 px tiles) does to the same annotations.
+
+    python tools/bench_tiling.py --seams [--tile 416 --overlap 0.25]
 """
 
 from __future__ import annotations
@@ -237,6 +245,102 @@ def bench_memory(args: argparse.Namespace) -> dict:
     return result
 
 
+def _greedy_matches(det_boxes: torch.Tensor, det_scores: torch.Tensor, gt: torch.Tensor) -> int:
+    """True positives at IoU 0.5, VOC-style: by score, each detection takes the best unmatched crown."""
+    from torchvision.ops import box_iou
+
+    if len(det_boxes) == 0 or len(gt) == 0:
+        return 0
+    iou = box_iou(det_boxes[det_scores.argsort(descending=True)], gt)
+    taken = torch.zeros(len(gt), dtype=torch.bool)
+    tp = 0
+    for row in iou:
+        row = row.masked_fill(taken, -1)
+        best = int(row.argmax())
+        if row[best] >= 0.5:
+            taken[best], tp = True, tp + 1
+    return tp
+
+
+def bench_seams(args: argparse.Namespace) -> dict:
+    from detector.data.trees import SPLIT_SOURCES, _load_source, find_deepforest_data, make_tiles
+    from detector.inference import voc_metrics
+    from detector.tiling import merge_tile_detections
+
+    src = find_deepforest_data()
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for split, names in SPLIT_SOURCES.items():
+        for name in names:
+            pixels, gt_np = _load_source(src, name)
+            height, width = pixels.shape[:2]
+            gt = torch.as_tensor(gt_np, dtype=torch.float32)
+            windows = tile_windows(height, width, args.tile, args.overlap)
+            boxes, tiles = [], []
+            for i, (x0, y0, x1, y1) in enumerate(windows):
+                clipped = gt.clone()
+                clipped[:, 0::2] = clipped[:, 0::2].clamp(x0, x1)
+                clipped[:, 1::2] = clipped[:, 1::2].clamp(y0, y1)
+                w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+                full = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
+                seen = (w >= 2) & (h >= 2) & (w * h >= args.visible * full)
+                boxes.append(clipped[seen])
+                tiles.append(torch.full((int(seen.sum()),), i))
+            b, t = torch.cat(boxes), torch.cat(tiles)
+            scores = 0.3 + 0.7 * torch.rand(len(b), generator=gen)
+            labels = torch.ones(len(b), dtype=torch.int64)
+            win = torch.tensor(windows, dtype=torch.float32)
+            merged = {
+                "ours": merge_tile_detections(b, scores, labels, t, win, (height, width)),
+                "NMS only": merge_tile_detections(b, scores, labels, t, win, (height, width), edge_ios=2.0),
+                "no merge": {"boxes": b, "scores": scores, "labels": labels},
+            }
+            row = {"source": name, "split": split, "size": f"{width}x{height}", "crowns": len(gt)}
+            row["tiles"] = len(windows)
+            gts = [
+                {
+                    "boxes": gt_np,
+                    "labels": np.ones(len(gt_np), np.int64),
+                    "difficult": np.zeros(len(gt_np), bool),
+                }
+            ]
+            for key, det in merged.items():
+                tp = _greedy_matches(det["boxes"], det["scores"], gt)
+                ap = voc_metrics([{k: v.numpy() for k, v in det.items()}], gts, 1)["map"]
+                row[key] = {
+                    "detections": len(det["scores"]),
+                    "tp": tp,
+                    "fp": len(det["scores"]) - tp,
+                    "ap50": ap,
+                }
+            cut = make_tiles(src, name, split)
+            row["per_tile_split"] = {
+                "tiles": len(cut),
+                "boxes": int(sum(len(c.boxes) for c in cut)),
+                "cut_boxes": int(sum(int(c.truncated.sum()) for c in cut)),
+                "crowns_in_no_tile": int(len(gt) - _crowns_kept(gt_np, cut)),
+            }
+            rows.append(row)
+    return {
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "visible": args.visible,
+        "rows": rows,
+        "machine": machine(),
+    }
+
+
+def _crowns_kept(gt: np.ndarray, tiles: list) -> int:
+    """How many annotated crowns appear (whole or as a kept part) in some tile of the per-tile split."""
+    from detector.data.trees import tile_boxes
+
+    kept = np.zeros(len(gt), bool)
+    for tile in tiles:
+        _, keep = tile_boxes(gt, *tile.origin)
+        kept |= keep
+    return int(kept.sum())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -255,10 +359,31 @@ def main(argv: list[str] | None = None) -> int:
         default="ours",
         help="memory run: our model, or letterboxing only (the tiling machinery without a network)",
     )
+    parser.add_argument("--seams", action="store_true", help="merge check on the tree sources instead")
+    parser.add_argument(
+        "--visible", type=float, default=0.3, help="seams: visible fraction an oracle reports"
+    )
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.seams:
+        result = bench_seams(args)
+        print(f"seams: oracle tile detections merged, tile {args.tile}, overlap {args.overlap}:")
+        for r in result["rows"]:
+            print(f"  {r['source']} ({r['split']}, {r['size']}, {r['crowns']} crowns, {r['tiles']} tiles)")
+            for key in ("ours", "NMS only", "no merge"):
+                m = r[key]
+                print(f"    {key:9s} detections {m['detections']:5d}  FP {m['fp']:5d}  AP50 {m['ap50']:.3f}")
+            pt = r["per_tile_split"]
+            print(
+                f"    per-tile split: {pt['tiles']} tiles, {pt['boxes']} boxes ({pt['cut_boxes']} cut), "
+                f"{pt['crowns_in_no_tile']} crowns in no tile"
+            )
+        print(f"machine: {result['machine']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
     result = bench_memory(args) if args.memory else bench_speed(args)
     if args.memory:
         print(
