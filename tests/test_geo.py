@@ -180,6 +180,7 @@ def test_infer_writes_a_geojson_for_the_geotiff(weights, tmp_path, capsys):
 
 
 @needs_osbs
+@pytest.mark.slow
 def test_infer_without_rasterio_writes_pixels_and_one_hint_line(weights, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(geo, "rasterio_available", lambda: False)
     second = _write_geotiff(tmp_path / "second.tif", 1)

@@ -323,6 +323,7 @@ def tiny_model():
     return build_model(cfg.model, 2).eval()
 
 
+@pytest.mark.slow
 def test_torch_model_tiles_in_batches_and_boxes_stay_in_the_image(tiny_model):
     seen = []
     forward = tiny_model.forward
@@ -510,3 +511,23 @@ def test_the_pixel_limit_is_an_overridable_setting(tmp_path):
         assert Image.MAX_IMAGE_PIXELS == 100  # and the global is left as it was
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+@pytest.mark.slow
+def test_tree_sources_are_written_whole_for_tiled_evaluation(tmp_path):
+    from detector.data.tree_sources import build_tree_sources
+    from detector.data.trees import DeepForestNotFoundError
+    from detector.data.voc import VOCDataset
+
+    try:
+        summary = build_tree_sources(tmp_path)
+    except DeepForestNotFoundError as err:
+        pytest.skip(str(err))
+    assert summary["splits"]["train"]["sizes"] == ["2299x2472"]
+    assert summary["splits"]["test"]["sizes"] == ["1249x1035", "400x400", "400x400"]
+    assert (summary["splits"]["train"]["boxes"], summary["splits"]["test"]["boxes"]) == (574, 377)
+    test = VOCDataset(tmp_path, "test", classes=["tree"])
+    assert [r.size for r in test.records] == [(1035, 1249), (400, 400), (400, 400)]
+    assert sum(len(r.boxes) for r in test.records) == 377
+    assert choose_tile(1035, 1249, 416, None) == 416  # the eval tool tiles this one, not the 400 px ones
+    assert build_tree_sources(tmp_path)["files_written"] == 0  # idempotent
