@@ -196,7 +196,7 @@ def detections_geojson(
 def write_geojson(path: str | os.PathLike[str], collection: dict[str, Any]) -> Path:
     """Write a FeatureCollection as JSON; returns the path."""
     out = Path(path)
-    out.write_text(json.dumps(collection, indent=1))
+    out.write_text(json.dumps(collection, separators=(",", ":")))  # compact: thousands of crowns per image
     return out
 
 

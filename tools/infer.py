@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             model, cfg, class_names = load_detector(args.weights, device=args.device)
             size = args.size or cfg.data.size
             predict_batch = torch_predict_batch(model, size)
-        nms = (model.config() if args.backend == "onnx" else cfg).model.nms_thresh
+        nms = _nms_thresh(model) if args.backend == "onnx" else cfg.model.nms_thresh
         settings = TileSettings(
             args.tile, args.overlap, args.tile_batch, nms, progress=False if args.no_progress else None
         )
@@ -129,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"{len(rows)} image(s) processed, {len(problems)} problem(s)"
     print(f"\n{summary}; drawings and {json_path.name} in {out_dir}")
     return 0 if rows else 1
+
+
+def _nms_thresh(model) -> float:
+    """The exported model's NMS IoU from its stored config (0.5 when the export holds no config)."""
+    try:
+        return float(model.config().model.nms_thresh)
+    except ValueError:
+        return 0.5
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
