@@ -177,6 +177,33 @@ def test_duplicates_under_the_overlap_are_merged_classwise():
     assert out["scores"].tolist() == pytest.approx([0.9, 0.7])  # by score, the better duplicate kept
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grid_nms_keeps_what_torchvision_keeps(seed):
+    from torchvision.ops import batched_nms
+
+    from detector.tiling import grid_nms
+
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(3000, 2, generator=g) * 1500
+    wh = 5 + torch.rand(3000, 2, generator=g) * torch.tensor([[60.0, 60.0]]) * (1 + 4 * (seed == 2))
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[:10, 2:] = boxes[:10, :2]  # a few zero-area boxes
+    scores = torch.randperm(3000, generator=g).float() / 3000  # distinct: no tie-order ambiguity
+    labels = torch.randint(1, 4, (3000,), generator=g)
+    expected = batched_nms(boxes, scores, labels, 0.5)
+    actual = grid_nms(boxes, scores, labels, 0.5)
+    assert 500 < len(expected) < 3000
+    assert actual.tolist() == expected.tolist()
+
+
+def test_large_merges_switch_to_the_grid_nms_with_the_same_result(monkeypatch):
+    image = _image_with(OBJECTS, 230, 260)
+    expected = predict_tiled(BlobDetector(), image, tile=100, overlap=0.3, progress=False)
+    monkeypatch.setattr("detector.tiling.GRID_NMS_ABOVE", 0)
+    actual = predict_tiled(BlobDetector(), image, tile=100, overlap=0.3, progress=False)
+    assert actual["boxes"].tolist() == expected["boxes"].tolist()
+
+
 # ---------------------------------------------------------------------------------- against a real "detector"
 
 
