@@ -25,6 +25,12 @@ NMS only, and no merge; each against the whole image's annotations (VOC AP50, fa
 what the per-tile split (`detector.data.trees`, 400 px tiles) does to the same annotations.
 
     python tools/bench_tiling.py --seams [--tile 416 --overlap 0.25]
+
+Merge cost (`--merge W H`): 200 random crown-sized detections per tile of a W x H image (a model at its
+`detections_per_img` cap), merged by `merge_tile_detections` (grid NMS above 4000 boxes) against the same
+cut-box step followed by torchvision's `batched_nms` over the whole image (all pairs); ratio printed.
+
+    python tools/bench_tiling.py --merge 5000 5000
 """
 
 from __future__ import annotations
@@ -234,9 +240,11 @@ def bench_memory(args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": repo}
     argv = [sys.executable, "-c", code, repo, str(path), str(args.tile), str(args.batch), str(args.overlap)]
     argv.append(args.model)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-    path.unlink()
-    folder.rmdir()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    finally:  # the generated image never outlives the run
+        path.unlink()
+        folder.rmdir()
     if proc.returncode:
         raise SystemExit(f"memory run failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -341,6 +349,45 @@ def _crowns_kept(gt: np.ndarray, tiles: list) -> int:
     return int(kept.sum())
 
 
+def bench_merge(args: argparse.Namespace) -> dict:
+    from torchvision.ops import batched_nms
+
+    from detector.tiling import merge_tile_detections, suppress_cut_boxes
+
+    width, height = args.merge
+    windows = tile_windows(height, width, args.tile, args.overlap)
+    gen = torch.Generator().manual_seed(0)
+    boxes, tiles = [], []
+    for i, (x0, y0, x1, y1) in enumerate(windows):
+        xy = torch.rand(200, 2, generator=gen) * torch.tensor([max(1, x1 - x0 - 40), max(1, y1 - y0 - 40)])
+        wh = 20 + torch.rand(200, 2, generator=gen) * 60
+        local = torch.cat([xy, xy + wh], 1).clamp(
+            max=torch.tensor([x1 - x0, y1 - y0] * 2, dtype=torch.float32)
+        )
+        boxes.append(local + torch.tensor([x0, y0, x0, y0], dtype=torch.float32))
+        tiles.append(torch.full((200,), i))
+    b, t = torch.cat(boxes), torch.cat(tiles)
+    scores = torch.rand(len(b), generator=gen)
+    labels = torch.ones(len(b), dtype=torch.int64)
+    win = torch.tensor(windows, dtype=torch.float32)
+    start = time.perf_counter()
+    ours = merge_tile_detections(b, scores, labels, t, win, (height, width))
+    ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    keep = suppress_cut_boxes(b, scores, labels, t, win, (height, width))
+    ref = batched_nms(b[keep], scores[keep], labels[keep], 0.5)
+    ref_s = time.perf_counter() - start
+    return {
+        "image": f"{width}x{height}",
+        "tiles": len(windows),
+        "detections": len(b),
+        "kept": {"ours": len(ours["scores"]), "batched_nms": len(ref)},
+        "seconds": {"ours": ours_s, "batched_nms": ref_s},
+        "ratio": ref_s / ours_s,
+        "machine": machine(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -360,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         help="memory run: our model, or letterboxing only (the tiling machinery without a network)",
     )
     parser.add_argument("--seams", action="store_true", help="merge check on the tree sources instead")
+    parser.add_argument("--merge", type=int, nargs=2, metavar=("W", "H"), help="merge cost instead")
     parser.add_argument(
         "--visible", type=float, default=0.3, help="seams: visible fraction an oracle reports"
     )
@@ -383,6 +431,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {result['machine']}")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
+    if args.merge:
+        result = bench_merge(args)
+        print(f"merge, {result['image']} px, {result['tiles']} tiles, {result['detections']} detections:")
+        for key in ("ours", "batched_nms"):
+            print(f"  {key:12s} {result['seconds'][key]:8.2f} s  kept {result['kept'][key]}")
+        print(f"  ratio batched_nms / ours: {result['ratio']:.1f}x")
+        print(f"machine: {result['machine']}")
         return 0
     result = bench_memory(args) if args.memory else bench_speed(args)
     if args.memory:
