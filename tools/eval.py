@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-images", type=int, default=200, help="gallery of --report: the worst N images (default 200)"
     )
+    parser.add_argument(
+        "--tile", type=int, help="tile side in px (default: the model size, for images over twice it; 0: off)"
+    )
+    parser.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     return cli.run(parser, evaluate, argv, validate=check)
 
 
@@ -48,6 +52,7 @@ def check(args) -> None:  # noqa: ANN001
 def evaluate(args, cfg) -> int:  # noqa: ANN001
     from detector.evaluation.report import evaluate_split
     from detector.inference.predict import load_detector
+    from detector.inference.tiling import TiledCollector, TileSettings, batch_predictor
 
     model, stored, class_names = load_detector(args.weights, cli.resolve_device(args.device), cfg.model)
     onnx = Path(args.weights).suffix == ".onnx"
@@ -55,7 +60,13 @@ def evaluate(args, cfg) -> int:  # noqa: ANN001
         raise ValueError(
             f"{args.weights} was exported for size {stored.data.size}, got data.size={cfg.data.size}"
         )
-    report, voc_result = evaluate_split(model, cfg, class_names, args.split, fps_iters=args.fps_iters)
+    settings = TileSettings(args.tile, args.overlap, max(1, int(cfg.data.batch_size)), cfg.model.nms_thresh)
+    settings.check()
+    collect = TiledCollector(batch_predictor(model, cfg.data.size), cfg.data.size, settings)
+    report, voc_result = evaluate_split(
+        model, cfg, class_names, args.split, fps_iters=args.fps_iters, collect=collect
+    )
+    report["tiling"] = collect.describe()
     if onnx:
         report.update(backend="onnx", params=model.num_parameters())
     report["weights"] = str(args.weights)
@@ -75,6 +86,9 @@ def evaluate(args, cfg) -> int:  # noqa: ANN001
         report["report_page"] = None if page is None else str(page)
     out.write_text(json.dumps(report, indent=2))
     cli.print_eval_report(report)
+    if report["tiling"]["tiled"]:
+        t = report["tiling"]
+        print(f"\nfull-size images predicted by tiles: tile {t['tile']}, overlap {t['overlap']}")
     print(f"\nresults: {out}")
     if page is not None:
         print(f"report page: {page}")

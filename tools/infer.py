@@ -2,8 +2,11 @@
 """Detect objects in images: `tools/infer.py --weights W IMAGES_OR_FOLDERS... [--out DIR] [--score 0.3]`.
 
 Any image size and mode; images, folders, options and `key=value` overrides in any order (`data.size=512`
-letterboxes at 512). `--weights model.onnx` (from tools/export_onnx.py) runs the exported graph through
-onnxruntime on the CPU instead of PyTorch, with the same outputs; needs `pip install 'focaldet[onnx]'`.
+letterboxes at 512). Large images run by tiles (`--tile N`, `--overlap F`; automatic above twice the model
+input size, `--tile 0` turns it off), merged over the whole image. A georeferenced GeoTIFF also gets
+`<stem>.geojson` (box polygons in its CRS; needs `pip install 'focaldet[geo]'`). `--weights model.onnx`
+(from tools/export_onnx.py) runs the exported graph through onnxruntime on the CPU instead of PyTorch, with
+the same outputs; needs `pip install 'focaldet[onnx]'`.
 Writes each image with its detections drawn (class name and score) and one COCO-results JSON
 (`detections.json`: image_id = file stem, category_id 1..C, bbox xywh in original pixels). A file that is not
 a readable image is reported and skipped; the others still run.
@@ -25,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--score", type=float, default=0.3, help="minimum score to keep and draw (default 0.3)"
     )
+    parser.add_argument(
+        "--tile", type=int, help="tile side in px (default: the model size, for images over twice it; 0: off)"
+    )
+    parser.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    parser.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    parser.add_argument("--no-progress", action="store_true", help="no per-image progress bar on stderr")
+    parser.add_argument("--max-pixels", type=int, help="largest image to decode, in pixels (0: no limit)")
     return cli.run(parser, infer, argv, validate=check)
 
 
@@ -37,7 +47,9 @@ def infer(args, cfg) -> int:  # noqa: ANN001
     from detector.data.images import ImageReadError, read_image
     from detector.data.letterbox import check_letterbox_size
     from detector.evaluation.report import to_coco_results
-    from detector.inference.predict import expand_image_paths, load_detector, predict
+    from detector.inference.geo import GeoUnavailableError, write_image_geojson
+    from detector.inference.predict import expand_image_paths, load_detector
+    from detector.inference.tiling import TileSettings, batch_predictor, predict_image
     from detector.visualize import draw_detections, save_image
 
     model, stored, class_names = load_detector(args.weights, cli.resolve_device(args.device), cfg.model)
@@ -46,7 +58,11 @@ def infer(args, cfg) -> int:  # noqa: ANN001
         raise ValueError(
             f"{args.weights} was exported for data.size={stored.data.size}, got data.size={size}"
         )
-    run = lambda image: predict(model, [image], size)[0]
+    predict_batch = batch_predictor(model, size)
+    progress = False if args.no_progress else None
+    settings = TileSettings(args.tile, args.overlap, args.tile_batch, cfg.model.nms_thresh, progress=progress)
+    settings.check()
+    geo_hint = ""
     files, problems = expand_image_paths(args.inputs)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,16 +71,20 @@ def infer(args, cfg) -> int:  # noqa: ANN001
     used_names: set[str] = set()
     for path in files:
         try:
-            image = read_image(path)
+            image = read_image(path, max_pixels=args.max_pixels)
         except ImageReadError as err:
             problems.append(f"skipped (not a readable image): {err}")
             continue
-        det = run(image)
+        det = predict_image(predict_batch, image, size, settings, desc=path.name)
         keep = det["scores"] >= args.score
         det = {k: v[keep] for k, v in det.items()}
         drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], class_names)
         name = _unique_name(path.stem, used_names)
         save_image(drawn, out_dir / f"{name}.png")
+        try:  # map coordinates for a georeferenced GeoTIFF
+            write_image_geojson(path, det, class_names, out_dir / f"{name}.geojson")
+        except GeoUnavailableError as err:
+            geo_hint = str(err)
         ids.append(path.stem)
         dets.append({k: v.numpy() for k, v in det.items()})
         counts = {class_names[int(c) - 1]: int((det["labels"] == c).sum()) for c in det["labels"].unique()}
@@ -85,6 +105,8 @@ def infer(args, cfg) -> int:  # noqa: ANN001
     )
     for problem in problems:
         print(problem, file=sys.stderr)
+    if geo_hint:
+        print(geo_hint, file=sys.stderr)
     summary = f"{len(rows)} image(s) processed, {len(problems)} problem(s)"
     print(f"\n{summary}; drawings and {json_path.name} in {out_dir}")
     return 0 if rows else 1

@@ -55,21 +55,38 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return arr
 
 
-_LIMIT_HINT = "raise PIL.Image.MAX_IMAGE_PIXELS (None disables the check) to read such images"
+_LIMIT_HINT = (
+    "pass max_pixels (tools: --max-pixels N, 0 = no limit) or raise PIL.Image.MAX_IMAGE_PIXELS "
+    "(None disables the check) to read such images"
+)
 
 
-def _check_pixel_limit(path: Path, width: int, height: int) -> None:
-    """Refuse images over ``PIL.Image.MAX_IMAGE_PIXELS`` before decoding them (decompression-bomb guard).
+def _check_pixel_limit(path: Path, width: int, height: int, max_pixels: int | None = None) -> None:
+    """Refuse images over the pixel limit before decoding them (decompression-bomb guard).
 
     PIL itself only warns between one and two times the limit and would allocate and decode the image; a
-    data loader should not, as a file that small can claim gigabytes. The limit stays PIL's global setting.
+    data loader should not, as a file that small can claim gigabytes. The limit is ``max_pixels`` when given
+    (0: no limit), else PIL's global ``PIL.Image.MAX_IMAGE_PIXELS``.
     """
-    limit = Image.MAX_IMAGE_PIXELS
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else (int(max_pixels) or None)
     if limit is not None and width * height > limit:
         raise ImageReadError(
             f"{path}: image too large to decode safely ({width}x{height} = {width * height} pixels, "
             f"limit {limit}); {_LIMIT_HINT}"
         )
+
+
+def _open_image(path: Path, max_pixels: int | None) -> Image.Image:
+    """``Image.open``; with an explicit ``max_pixels`` PIL's own global check (an error over twice its limit)
+    is off during the open, as ``_check_pixel_limit`` applies the chosen limit right after."""
+    if max_pixels is None:
+        return Image.open(path)
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _check_file(path: Path) -> int:
@@ -124,17 +141,18 @@ def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     return (width, height) if orientation in _ROTATED_ORIENTATIONS else (height, width)
 
 
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> torch.Tensor:
     """Read an image file as a uint8 RGB tensor [3, H, W] with its EXIF orientation applied.
 
     The whole file is decoded up front (``img.load()``), so a truncated file raises here, naming the file,
     instead of silently yielding grey pixels. Raises :class:`ImageReadError` for every unreadable file.
+    ``max_pixels`` overrides PIL's decompression-bomb limit for this call (0: no limit; None: PIL's setting).
     """
     path = Path(path)
     size = _check_file(path)
     try:
-        with Image.open(path) as img:
-            _check_pixel_limit(path, *img.size)
+        with _open_image(path, max_pixels) as img:
+            _check_pixel_limit(path, *img.size, max_pixels)
             _fix_single_band_planar_tiff(img)
             img.load()
             try:

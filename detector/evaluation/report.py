@@ -76,6 +76,7 @@ def evaluate_split(
     class_names: Sequence[str],
     split: str | None = None,
     fps_iters: int = 10,
+    collect: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate on `split` (default `data.test_split`): (JSON-ready report, `voc_ap` area result).
 
@@ -86,6 +87,8 @@ def evaluate_split(
     The report also holds VOC AP at IoU 0.4 (`voc.map40`, per class `ap40`) and, under `prf` keyed by IoU
     ("0.4", "0.5" and `eval.iou`), precision / recall / F1 at `eval.score` and the best-F1 threshold. The
     area result carries `details` (match records at `eval.iou`, image ids and files) for the report page.
+    `collect(model, loader) -> (ids, detections, ground truths)` replaces `collect_predictions` (tiled
+    prediction of full-size images: `detector.inference.tiling.TiledCollector`).
     """
     from detector.data.datamodule import DetectionDataModule
     from detector.evaluation.coco import coco_ap
@@ -97,7 +100,7 @@ def evaluate_split(
     dm = DetectionDataModule(data_cfg, seed=cfg.train.seed, class_names=class_names)  # refuses other classes
     dm.setup("test")
     loader = dm.test_dataloader()
-    ids, dets, gts = collect_predictions(model, loader)
+    ids, dets, gts = (collect or collect_predictions)(model, loader)
     n_cls = len(class_names)
     area = voc_ap(dets, gts, 0.5, use_07_metric=False, num_classes=n_cls)
     p11 = voc_ap(dets, gts, 0.5, use_07_metric=True, num_classes=n_cls)
