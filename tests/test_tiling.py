@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -384,13 +385,14 @@ def test_the_onnx_backend_tiles_the_same_way(tiny_model, tmp_path):
     from detector.inference.tiling import batch_predictor
 
     model = copy.deepcopy(tiny_model)
-    model.score_thresh = 0.05
+    model.detection = dataclasses.replace(model.detection, score_thresh=0.05)
     calibrate_scores(model, synthetic_images(64, batch=2, seed=3), above=15)
     path = export_onnx(model, tmp_path / "tiny.onnx", 64, ["a", "b"], dynamic_batch=True)
     image = synthetic_images(200, batch=1, seed=1)[0][:, :150]
     kwargs = {"tile": 64, "overlap": 0.25, "batch_size": 4, "progress": False}
     expected = predict_tiled(batch_predictor(model, 64), image, **kwargs)
-    actual = predict_tiled(batch_predictor(OnnxDetector(path)), image, **kwargs)
+    detector = OnnxDetector(path)
+    actual = predict_tiled(batch_predictor(detector, detector.size), image, **kwargs)
     assert len(expected["scores"]) > 20
     stats = compare_detections([expected], [actual], score_thresh=0.05)
     assert stats["detections"] >= len(expected["scores"]) - 2
