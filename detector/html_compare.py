@@ -102,24 +102,9 @@ def write_compare_report(
                 _fmt(coco.get("AP75")),
             )
         )
-    sizes = sorted({s["size"] for r in results for s in r["by_size"]})
-    by_size = [
-        (
-            r["label"],
-            *(
-                next(
-                    (
-                        f"{_fmt(s['voc_ap'])} / {_fmt(s.get('latency_end_to_end_ms'), 1)} ms"
-                        for s in r["by_size"]
-                        if s["size"] == size
-                    ),
-                    "-",
-                )
-                for size in sizes
-            ),
-        )
-        for r in results
-    ]
+    from detector.study.compare import ap_by_size
+
+    sizes, by_size = ap_by_size(list(results), _fmt)
     plot = ""
     if speed_accuracy_png is not None and Path(speed_accuracy_png).is_file():
         uri = _data_uri(Path(speed_accuracy_png).read_bytes(), "image/png")

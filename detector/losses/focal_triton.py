@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from detector.losses.focal import alpha_pair
+
 # (BLOCK, num_warps) candidates timed once per (C, dtype, kind) on CUDA; the interpreter uses a small block.
 _CONFIGS = ((1024, 4), (2048, 8), (4096, 8))
 _INTERPRET_BLOCK = 256
@@ -317,10 +319,6 @@ def _(x, labels, grad_output, grad_scale, alpha_pos, alpha_neg, gamma, loss_mode
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _alpha_pair(alpha: float | None) -> tuple[float, float]:
-    return (1.0, 1.0) if alpha is None else (float(alpha), 1.0 - float(alpha))
-
-
 def focal_loss(
     x: torch.Tensor,
     labels: torch.Tensor,
@@ -350,7 +348,7 @@ def launch(
     grad_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The custom op's (loss, gradient, ok flag) without the assertion (tests read the flag)."""
-    alpha_pos, alpha_neg = _alpha_pair(alpha)
+    alpha_pos, alpha_neg = alpha_pair(alpha)
     loss_mode = LOSS_ELEMENTS if elementwise else LOSS_SUM
     return focal_loss_op(
         x, labels, None, grad_scale, alpha_pos, alpha_neg, float(gamma), loss_mode, need_grad, True
@@ -367,7 +365,7 @@ def focal_grad(
 ) -> torch.Tensor:
     """Backward of the "gradient in backward" variant: dFL/dx * grad_scale * grad_output in one pass (the
     labels were checked by the forward)."""
-    alpha_pos, alpha_neg = _alpha_pair(alpha)
+    alpha_pos, alpha_neg = alpha_pair(alpha)
     _, grad, _ = focal_loss_op(
         x, labels, grad_output, grad_scale, alpha_pos, alpha_neg, float(gamma), LOSS_NONE, True, False
     )
@@ -384,7 +382,7 @@ def kernel_only(
     grad = torch.empty_like(x)
     loss = torch.empty((), dtype=torch.float32, device=x.device)
     ok = torch.empty(1, dtype=torch.int32, device=x.device)
-    alpha_pos, alpha_neg = _alpha_pair(alpha)
+    alpha_pos, alpha_neg = alpha_pair(alpha)
     args = (x, labels, None, None, grad, loss, ok, alpha_pos, alpha_neg, gamma, LOSS_SUM)
     block, warps = _pick_config(*args)
 

@@ -251,6 +251,26 @@ def write_page(
     )
 
 
+def ap_by_size(results: list[dict], cell: Any) -> tuple[list[int], list[list[str]]]:
+    """The sizes evaluated and, per detector, 'VOC AP / latency' at each size (`cell` formats a number)."""
+    sizes = sorted({s["size"] for r in results for s in r["by_size"]})
+    rows = []
+    for r in results:
+        at = {s["size"]: s for s in r["by_size"]}
+        rows.append(
+            [
+                r["label"],
+                *(
+                    f"{cell(at[size]['voc_ap'])} / {cell(at[size].get('latency_end_to_end_ms'), 1)} ms"
+                    if size in at
+                    else "-"
+                    for size in sizes
+                ),
+            ]
+        )
+    return sizes, rows
+
+
 def mean_over_seeds(seeds: list[dict]) -> list[dict]:
     """Per input size: the first seed's row (its speed) with accuracy averaged over the seeds, and the
     spread of VOC AP and COCO AP (`study.seed_summary`) under `voc_ap_seeds` / `coco_ap_seeds`."""
@@ -326,24 +346,7 @@ def render(results: list[dict], args: ComparePlan, crossings: list[str], machine
                 fmt(a["coco"]["AP75"]),
             ]
         )
-    sizes = sorted({s["size"] for r in results for s in r["by_size"]})
-    by_size = [
-        [
-            r["label"],
-            *(
-                next(
-                    (
-                        f"{fmt(s['voc_ap'])} / {fmt(s['latency_end_to_end_ms'], 1)} ms"
-                        for s in r["by_size"]
-                        if s["size"] == size
-                    ),
-                    "-",
-                )
-                for size in sizes
-            ),
-        ]
-        for r in results
-    ]
+    sizes, by_size = ap_by_size(results, fmt)
     first = results[0]
     # weights exported before the step count was stored have none: any seed's count says the schedule
     steps = next((s["steps"] for r in results for s in r["seeds"] if s["steps"]), None)
