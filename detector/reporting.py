@@ -138,14 +138,17 @@ def load_average() -> float | None:
         return None
 
 
-def load_report(when: str) -> str:
-    """'load at <when>: 0.42 (2 cores)', with a warning when above LOADED_PER_CORE per core: a timing taken
-    then is from a loaded machine and must be labelled so."""
+def load_report(when: str, own_threads: int = 0) -> str:
+    """'load at <when>: 0.42 (2 cores)', with a warning when, less the `own_threads` the measuring process
+    itself keeps busy (at the end of a run), it is above LOADED_PER_CORE per core: a timing taken then is from
+    a loaded machine and must be labelled so."""
     load, cores = load_average(), os.cpu_count() or 1
     if load is None:
         return f"load at {when}: unknown"
-    line = f"load at {when}: {load:.2f} ({cores} cores)"
-    if load > LOADED_PER_CORE * cores:
+    line = f"load at {when}: {load:.2f} ({cores} cores" + (
+        f", {own_threads} of them this run's)" if own_threads else ")"
+    )
+    if load - own_threads > LOADED_PER_CORE * cores:
         line += f"  WARNING: above {LOADED_PER_CORE} per core: a loaded machine, timings are not idle figures"
     return line
 

@@ -21,6 +21,12 @@ from detector.bench.model import markdown_table, run  # noqa: E402
 from detector.reporting import load_report  # noqa: E402
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cli.ToolParser(__doc__, config=False)
     p.add_argument("--size", type=int, default=400)
@@ -38,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print(load_report("start"))
     result = run(args)
     print(f"machine: {result['machine']}")
-    print(load_report("end"))
+    print(load_report("end", _threads()))
     print(
         f"{args.size} px, batch {args.batch}, {args.classes} classes, "
         f"median of {args.repeats}, amp={args.amp}"

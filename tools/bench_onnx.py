@@ -128,7 +128,7 @@ def bench(args, cfg) -> int:  # noqa: ANN001
         f"machine: {machine_description('cpu')}; onnxruntime {onnxruntime.__version__}; "
         f"{datetime.date.today()}; median of {args.repeats}"
     )
-    print(load_report("end"))
+    print(load_report("end", torch.get_num_threads()))
     cli.print_table(
         "end-to-end inference (uint8 batch -> detections), outputs checked equal",
         rows,

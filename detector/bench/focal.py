@@ -42,11 +42,13 @@ ENV_VARS = (
 
 
 def load_line(when: str) -> tuple[str, bool]:
-    """The load-average line (`detector.reporting`) and whether the machine is loaded (times inflated)."""
+    """The load-average line (`detector.reporting`) and whether the machine is loaded (times inflated); at
+    the end of the run this process's own threads are not counted against it."""
     from detector.reporting import load_report
 
+    own = torch.get_num_threads() if when == "end" else 0
     load = load_average()
-    return load_report(when), load is not None and load > LOADED_PER_CORE * (os.cpu_count() or 1)
+    return load_report(when, own), load is not None and load - own > LOADED_PER_CORE * (os.cpu_count() or 1)
 
 
 def log1p_probe(elements: int = 8 << 20, repeats: int = 5) -> dict:

@@ -33,7 +33,7 @@ def machine() -> str:
     """The machine line (`detector.reporting`) with the load average at the time of the call."""
     from detector.reporting import load_report, machine_description
 
-    return f"{machine_description('cpu')}; {load_report('now')}"
+    return f"{machine_description('cpu')}; {load_report('now', torch.get_num_threads())}"
 
 
 def generated_image(height: int, width: int, seed: int = 0) -> torch.Tensor:

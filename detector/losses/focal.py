@@ -332,7 +332,13 @@ class _CompiledCPU:
             with self._lock:
                 fn = self._cache.get(key)
                 if fn is None:
-                    fn = torch.compile(_variant_function(*key[:3]), dynamic=True, fullgraph=True)
+                    # ATen dispatched without vector kernels (ATEN_CPU_CAPABILITY=default): inductor's
+                    # vectorized C++ then fails to build (its headers lack at::vec), so ask for scalar code
+                    scalar = torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+                    options = {"cpp.simdlen": 1} if scalar else None
+                    fn = torch.compile(
+                        _variant_function(*key[:3]), dynamic=True, fullgraph=True, options=options
+                    )
                     self._cache[key] = fn
         return fn
 
