@@ -41,7 +41,7 @@ def _images(root: Path) -> None:
             Image.new("RGB", (W, H), (90, 90, 90)).save(root / name)
 
 
-def load_clean_or_clear(root: Path, data: bytes):
+def check_loads_clean_or_fails_clearly(root: Path, data: bytes):
     """Build the dataset over ``root/ann.json`` and read every item: ``(dataset, items)`` or the error, which
     must be a COCOFormatError naming the file or an ImageReadError naming an image; only BoxFixWarnings."""
     _images(root)
@@ -74,7 +74,7 @@ def load_clean_or_clear(root: Path, data: bytes):
 @FUZZ
 @given(data=st.binary(max_size=300))
 def test_random_bytes(tmp_path: Path, data: bytes) -> None:
-    load_clean_or_clear(tmp_path, data)
+    check_loads_clean_or_fails_clearly(tmp_path, data)
 
 
 @pytest.mark.timeout(60)
@@ -99,11 +99,11 @@ def test_truncated_and_mutated_json(tmp_path: Path, cut: float | None, edits) ->
         data[where : where + (0 if insert else len(patch))] = patch
     if cut is not None:
         data = data[: int(cut * len(data))]
-    load_clean_or_clear(tmp_path, bytes(data))
+    check_loads_clean_or_fails_clearly(tmp_path, bytes(data))
 
 
 def test_valid_seed_is_clean(tmp_path: Path) -> None:
-    ds, items = load_clean_or_clear(tmp_path, VALID_BYTES)
+    ds, items = check_loads_clean_or_fails_clearly(tmp_path, VALID_BYTES)
     assert ds.class_names == ("dog", "cat")
     assert [r.labels.tolist() for r in ds.records] == [[2], [1]]
     assert items[1][1]["boxes"].tolist() == [[20.5, 1, 32, 5]] and items[1][1]["difficult"].tolist() == [True]
@@ -258,7 +258,7 @@ def expected(doc: dict):
 @settings(FUZZ, max_examples=300)
 @given(doc=gen_file())
 def test_generated_files_match_the_oracle(tmp_path: Path, doc: dict) -> None:
-    outcome = load_clean_or_clear(tmp_path, json.dumps(doc).encode())
+    outcome = check_loads_clean_or_fails_clearly(tmp_path, json.dumps(doc).encode())
     want = expected(doc)
     if want is None:
         assert isinstance(outcome, COCOFormatError), f"accepted a file the oracle refuses: {doc}"
@@ -280,5 +280,5 @@ def test_generated_files_match_the_oracle(tmp_path: Path, doc: dict) -> None:
 
 
 def test_deeply_nested_json_is_a_clear_error(tmp_path: Path) -> None:
-    outcome = load_clean_or_clear(tmp_path, b"[" * 100_000 + b"]" * 100_000)
+    outcome = check_loads_clean_or_fails_clearly(tmp_path, b"[" * 100_000 + b"]" * 100_000)
     assert isinstance(outcome, COCOFormatError)

@@ -88,7 +88,7 @@ def write_voc(
     return root
 
 
-def load_clean_or_clear(root: Path, files: tuple[Path, ...]):
+def check_loads_clean_or_fails_clearly(root: Path, files: tuple[Path, ...]):
     """Build the dataset and read every item. Returns ``(dataset, items)`` when clean, else the error, which
     must be a VOCFormatError / ImageReadError naming one of ``files``. No other warning than a VOCBoxWarning
     naming the folder may appear (a numpy RuntimeWarning, say, would mean an overflow went unhandled)."""
@@ -261,7 +261,7 @@ def test_generated_annotations_match_the_oracle(tmp_path: Path, ann: dict) -> No
     expected = expected_annotation(ann)
     parsed = parse_clean_or_clear(xml_path)
     assert (parsed is not None) == (expected is not None), f"oracle says {expected}, reader says {parsed}"
-    outcome = load_clean_or_clear(root, (xml_path, image_path))
+    outcome = check_loads_clean_or_fails_clearly(root, (xml_path, image_path))
     if expected is None:
         assert isinstance(outcome, VOCFormatError)
         return
@@ -332,13 +332,15 @@ def test_truncated_and_mutated_xml(
     if cut is not None:
         data = data[: int(cut * len(data))]
     root = write_voc(tmp_path / "voc", bytes(data))
-    load_clean_or_clear(root, (root / "Annotations" / "ann.xml", root / "JPEGImages" / "pic.jpg"))
+    check_loads_clean_or_fails_clearly(
+        root, (root / "Annotations" / "ann.xml", root / "JPEGImages" / "pic.jpg")
+    )
 
 
 def test_valid_seed_is_clean(tmp_path: Path) -> None:
     """The mutation seed itself loads, so the property above starts from a valid file."""
     root = write_voc(tmp_path / "voc", VALID_XML)
-    ds, [(image, target)] = load_clean_or_clear(root, ())
+    ds, [(image, target)] = check_loads_clean_or_fails_clearly(root, ())
     assert target["boxes"].tolist() == [[2, 3, 20, 18], [9, 1, 30, 24]] and target["labels"].tolist() == [
         1,
         2,

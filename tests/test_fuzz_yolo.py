@@ -37,7 +37,7 @@ def write_split(root: Path, label: bytes, yaml_text: str = "names: [cat, dog]\n"
     return root / "labels" / "train" / "a.txt"
 
 
-def load_clean_or_clear(root: Path, named: Path):
+def check_loads_clean_or_fails_clearly(root: Path, named: Path):
     """The dataset and its one item, or a YOLOFormatError naming ``named``; only BoxFixWarnings."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -62,7 +62,7 @@ def load_clean_or_clear(root: Path, named: Path):
 @given(data=st.binary(max_size=200))
 def test_random_bytes_as_a_label_file(tmp_path: Path, data: bytes) -> None:
     label = write_split(tmp_path, data)
-    load_clean_or_clear(tmp_path, label)
+    check_loads_clean_or_fails_clearly(tmp_path, label)
 
 
 @pytest.mark.timeout(60)
@@ -147,7 +147,7 @@ def expected(lines: list[str]):
 def test_generated_lines_match_the_oracle(tmp_path: Path, lines: list[str], crlf: bool) -> None:
     text = ("\r\n" if crlf else "\n").join(lines)
     label = write_split(tmp_path, text.encode("utf-8"))
-    outcome = load_clean_or_clear(tmp_path, label)
+    outcome = check_loads_clean_or_fails_clearly(tmp_path, label)
     want = expected(lines)
     if want is None:
         assert isinstance(outcome, YOLOFormatError), f"accepted lines the oracle refuses: {lines}"
