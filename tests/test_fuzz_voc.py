@@ -57,7 +57,7 @@ VALID_XML = (
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def parse_clean_or_clear(path: Path):
+def check_parses_clean_or_fails_clearly(path: Path):
     """``parse_voc_xml(path)``: a well-formed annotation, or None after a VOCFormatError naming the file."""
     try:
         ann = parse_voc_xml(path)
@@ -259,7 +259,7 @@ def test_generated_annotations_match_the_oracle(tmp_path: Path, ann: dict) -> No
     xml_path = root / "Annotations" / "ann.xml"
     image_path = root / "JPEGImages" / "pic.jpg"
     expected = expected_annotation(ann)
-    parsed = parse_clean_or_clear(xml_path)
+    parsed = check_parses_clean_or_fails_clearly(xml_path)
     assert (parsed is not None) == (expected is not None), f"oracle says {expected}, reader says {parsed}"
     outcome = check_loads_clean_or_fails_clearly(root, (xml_path, image_path))
     if expected is None:
@@ -301,7 +301,7 @@ def test_generated_annotations_match_the_oracle(tmp_path: Path, ann: dict) -> No
 def test_random_bytes(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "random.xml"
     path.write_bytes(data)
-    parse_clean_or_clear(path)
+    check_parses_clean_or_fails_clearly(path)
 
 
 SNIPPETS = [b"<!DOCTYPE a>", b"&amp;", b"&lol;", b"&#0;", b"&#xD800;", b"<![CDATA[<x>]]>", b"\xef\xbb\xbf",
