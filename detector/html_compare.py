@@ -70,39 +70,9 @@ def write_compare_report(
     (``iou``, ``score``).
     """
     path = Path(path)
-    header = (
-        "detector",
-        "params (M)",
-        "GFLOPs",
-        "train s/step",
-        "FPS model bs1",
-        "FPS e2e bs1",
-        "VOC AP50",
-        "VOC07 AP50",
-        "COCO AP",
-        "AP50",
-        "AP75",
-    )
-    rows = []
-    for r in results:
-        a = r["at_train_size"]
-        coco = a.get("coco", {})
-        rows.append(
-            (
-                r["label"],
-                _fmt(r["params"] / 1e6, 2),
-                _fmt(r.get("gflops"), 2),
-                _fmt(r.get("train_s_per_step")),
-                _fmt(a.get("fps_model_bs1"), 1),
-                _fmt(a.get("fps_end_to_end_bs1"), 1),
-                _fmt(a.get("voc_ap")),
-                _fmt(a.get("voc_ap_07")),
-                _fmt(coco.get("AP")),
-                _fmt(coco.get("AP50")),
-                _fmt(coco.get("AP75")),
-            )
-        )
-    from detector.study.compare import ap_by_size
+    from detector.study.compare import ap_by_size, side_by_side
+
+    header, rows = side_by_side(list(results), _fmt)
 
     sizes, by_size = ap_by_size(list(results), _fmt)
     plot = ""

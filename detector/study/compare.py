@@ -251,6 +251,48 @@ def write_page(
     )
 
 
+SIDE_BY_SIDE = (
+    "detector",
+    "params (M)",
+    "GFLOPs",
+    "train s/step",
+    "FPS model bs1",
+    "FPS e2e bs1",
+    "VOC AP",
+    "VOC07 11-pt AP",
+    "COCO AP",
+    "AP50",
+    "AP75",
+)
+
+
+def side_by_side(
+    results: list[dict], cell: Any, spread: Any = None
+) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The study's main table at the training size (header, rows); `cell` formats a number, `spread` (when
+    given: several seeds) formats the VOC and COCO AP seed summaries instead of their means."""
+    rows = []
+    for r in results:
+        a = r["at_train_size"]
+        coco = a.get("coco", {})
+        rows.append(
+            [
+                r["label"],
+                cell(r["params"] / 1e6, 2),
+                cell(r.get("gflops"), 2),
+                cell(r.get("train_s_per_step"), 3),
+                cell(a.get("fps_model_bs1"), 1),
+                cell(a.get("fps_end_to_end_bs1"), 1),
+                spread(a["voc_ap_seeds"]) if spread else cell(a.get("voc_ap")),
+                cell(a.get("voc_ap_07")),
+                spread(a["coco_ap_seeds"]) if spread else cell(coco.get("AP")),
+                cell(coco.get("AP50")),
+                cell(coco.get("AP75")),
+            ]
+        )
+    return SIDE_BY_SIDE, rows
+
+
 def ap_by_size(results: list[dict], cell: Any) -> tuple[list[int], list[list[str]]]:
     """The sizes evaluated and, per detector, 'VOC AP / latency' at each size (`cell` formats a number)."""
     sizes = sorted({s["size"] for r in results for s in r["by_size"]})
@@ -315,37 +357,7 @@ def render(results: list[dict], args: ComparePlan, crossings: list[str], machine
     from detector.reporting import fmt, fmt_spread, markdown_table
 
     several = len(args.seeds) > 1
-    header = [
-        "detector",
-        "params (M)",
-        "GFLOPs",
-        "train s/step",
-        "FPS model bs1",
-        "FPS e2e bs1",
-        "VOC AP",
-        "VOC07 11-pt AP",
-        "COCO AP",
-        "AP50",
-        "AP75",
-    ]
-    rows = []
-    for r in results:
-        a = r["at_train_size"]
-        rows.append(
-            [
-                r["label"],
-                fmt(r["params"] / 1e6, 2),
-                fmt(r["gflops"], 2),
-                fmt(r["train_s_per_step"], 3),
-                fmt(a["fps_model_bs1"], 1),
-                fmt(a["fps_end_to_end_bs1"], 1),
-                fmt_spread(a["voc_ap_seeds"]) if several else fmt(a["voc_ap"]),
-                fmt(a["voc_ap_07"]),
-                fmt_spread(a["coco_ap_seeds"]) if several else fmt(a["coco"]["AP"]),
-                fmt(a["coco"]["AP50"]),
-                fmt(a["coco"]["AP75"]),
-            ]
-        )
+    header, rows = side_by_side(results, fmt, fmt_spread if several else None)
     sizes, by_size = ap_by_size(results, fmt)
     first = results[0]
     # weights exported before the step count was stored have none: any seed's count says the schedule
