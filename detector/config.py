@@ -123,6 +123,9 @@ class TrainConfig:
     step_milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # fractions of total steps
     warmup_steps: int = 100
     grad_clip: float = 0.0  # max grad norm; 0 disables
+    # > 0: validate and export an exponential moving average of the weights with this decay (e.g. 0.99;
+    # ramped as min(decay, (1 + n) / (10 + n)) over the first updates); 0 = off, the last step's weights
+    ema_decay: float = 0.0
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
     seed: int = 0
     max_nonfinite_steps: int = 5  # consecutive skipped non-finite steps before training stops
@@ -217,6 +220,7 @@ def _validate(cfg: Config) -> None:
         (cfg.train.max_steps is None or cfg.train.max_steps > 0, "train.max_steps", "positive or null"),
         (cfg.train.warmup_steps >= 0, "train.warmup_steps", ">= 0"),
         (cfg.train.grad_clip >= 0, "train.grad_clip", ">= 0"),
+        (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay", "in [0, 1) (0: off)"),
         (
             cfg.train.precision in ("32-true", "32", "bf16-mixed", "16-mixed"),
             "train.precision",

@@ -28,6 +28,7 @@ from detector.config import Config, ConfigError, from_yaml, to_yaml
 from detector.data.ground_truth import detections_to_original, ground_truth_from_dataset, ground_truths_for
 from detector.evaluation.voc import voc_metrics
 from detector.models import build_model
+from detector.models.ema import WeightEMA
 from detector.weights import load_lightning_checkpoint
 
 __all__ = [
@@ -162,6 +163,8 @@ class DetectorModule(L.LightningModule):
         # Only strings in the checkpoint's hyper-parameters, so it loads with weights_only=True.
         self.save_hyperparameters({"config_yaml": to_yaml(cfg), "class_names": self.class_names})
         self.model = build_model(cfg.model, len(self.class_names))
+        # train.ema_decay > 0: the average is what validation sees and what is exported
+        self.ema = WeightEMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self._val_detections: list[tuple[str, dict, dict]] = []
@@ -210,6 +213,13 @@ class DetectorModule(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             return
         optimizer.step(closure=lambda: loss)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The weights validation sees and export writes: the EMA shadow when there is one."""
+        return self.ema.shadow if self.ema is not None else self.model
 
     def _current_lr(self) -> float:
         try:
@@ -243,7 +253,7 @@ class DetectorModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> None:
         images, targets = batch
-        outputs = self.model(images)
+        outputs = self.evaluated_model(images)
         dets = detections_to_original(outputs, targets)
         gts = ground_truths_for(targets, self._val_gt)
         for t, d, g in zip(targets, dets, gts, strict=True):
@@ -463,7 +473,8 @@ def _class_names_of(dm: Any, cfg: Config) -> list[str]:
 
 
 def export_weights(module: DetectorModule, path: Path, extra: dict[str, str] | None = None) -> Path:
-    """Write the model's weights as safetensors with the config YAML and class names in the metadata."""
+    """Write the model's weights (the EMA's when training kept one) as safetensors with the config YAML and
+    class names in the metadata."""
     from detector.weights import save_weights
 
     metadata = {
@@ -472,7 +483,7 @@ def export_weights(module: DetectorModule, path: Path, extra: dict[str, str] | N
         "class_names": json.dumps(module.class_names),
         **(extra or {}),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.evaluated_model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(path, state, metadata)
     return path

@@ -59,12 +59,13 @@ def option_groups(tool: str, weights: Path, tmp: Path) -> tuple[list[str], list[
         "export_onnx": (["--weights", w], ["--out", str(tmp / "m.onnx"), "--batch", "1"]),
         "bench_onnx": (["--batch", "1,2"], ["--repeats", "1"]),
         "convert_dataset": ([str(tmp / "src"), str(tmp / "dst"), "--to", "coco"], ["--splits", "train,test"]),
+        "tune": (["--name", "x", "--seeds", "0,1"], ["--out", str(tmp / "acc"), "--test"]),
     }[tool]
 
 
 def test_every_tool_is_covered() -> None:
     config_tools = {"train", "eval", "infer", "demo", "compare", "ablate_loss", "loss_distribution"}
-    config_tools |= {"anchor_scores", "export_onnx", "bench_onnx", "convert_dataset"}
+    config_tools |= {"anchor_scores", "export_onnx", "bench_onnx", "convert_dataset", "tune"}
     assert set(TOOLS) == config_tools | CONFIG_FREE
 
 

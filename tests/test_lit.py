@@ -165,9 +165,9 @@ class _Killed(RuntimeError):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["retinanet", "faster_rcnn"])
+@pytest.mark.parametrize("model,ema", [("retinanet", 0.0), ("retinanet", 0.9), ("faster_rcnn", 0.0)])
 def test_resume_mid_epoch_with_shuffling_and_augmentation_ends_with_the_uninterrupted_weights(
-    data, tmp_path, model
+    data, tmp_path, model, ema
 ):
     import lightning as L
 
@@ -184,6 +184,7 @@ def test_resume_mid_epoch_with_shuffling_and_augmentation_ends_with_the_uninterr
         "train.max_steps=null",
         "train.val_every_n_epochs=1000",
         "train.checkpoint_every_n_steps=3",
+        f"train.ema_decay={ema}",  # the weight average resumes too (its weights are the exported ones)
         "output.export=last",
     ]
 

@@ -553,9 +553,13 @@ def test_tree_sources_are_written_whole_for_tiled_evaluation(tmp_path):
         summary = build_tree_sources(tmp_path)
     except DeepForestNotFoundError as err:
         pytest.skip(str(err))
-    assert summary["splits"]["train"]["sizes"] == ["2299x2472"]
+    assert summary["splits"]["train"]["sizes"] == ["1771x2472"]  # the training source's columns x < 1771
+    assert summary["splits"]["val"]["sizes"] == ["400x2472"]  # and x >= 1899
     assert summary["splits"]["test"]["sizes"] == ["1249x1035", "400x400", "400x400"]
-    assert (summary["splits"]["train"]["boxes"], summary["splits"]["test"]["boxes"]) == (574, 377)
+    # 574 crowns in the source: 385 kept by the tile rule left of the gap, 130 right of it, 59 in or cut by it
+    assert [summary["splits"][s]["boxes"] for s in ("train", "val", "test")] == [385, 130, 377]
+    val = VOCDataset(tmp_path, "val", classes=["tree"])
+    assert [r.image_id for r in val.records] == ["2019_YELL_2_528000_4978000_image_crop2_x1899_2299"]
     test = VOCDataset(tmp_path, "test", classes=["tree"])
     assert [r.size for r in test.records] == [(1035, 1249), (400, 400), (400, 400)]
     assert sum(len(r.boxes) for r in test.records) == 377

@@ -25,6 +25,8 @@ from detector.data.voc import VOCDataset
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["2019_YELL_2_528000_4978000_image_crop2"]
 TEST = ["2019_YELL_2_541000_4977000_image_crop", "OSBS_029", "SOAP_061"]
+# the training orthophoto's columns [x0, x1) each split takes (2299 px wide): a 128 px gap in between
+COLUMNS = {"train": (0, 1771), "val": (1899, 2299)}
 
 
 def _load_tool():
@@ -132,15 +134,16 @@ def _written_boxes(xml_path: Path) -> list[tuple[float, float, float, float]]:
 def test_splits_and_counts_follow_the_rule(built) -> None:
     out, summary = built
     src = _source_dir()
-    for split, sources in (("train", TRAIN), ("test", TEST)):
+    for split, sources in (("train", TRAIN), ("val", TRAIN), ("test", TEST)):
         expected_ids, expected_boxes = [], 0
         for name in sources:
             width, height = Image.open(src / f"{name}.png").size
+            x0, x1 = COLUMNS.get(split, (0, width))
             boxes = _source_objects(src / f"{name}.xml")
             for oy in _origins_plain(height):
-                for ox in _origins_plain(width):
+                for ox in (x0 + o for o in _origins_plain(x1 - x0)):
                     kept = _expected_tile_boxes(boxes, ox, oy)
-                    if split == "test" or kept:
+                    if split != "train" or kept:
                         expected_ids.append(f"{name}_x{ox:04d}_y{oy:04d}")
                         expected_boxes += len(kept)
         ids = (out / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
@@ -150,7 +153,32 @@ def test_splits_and_counts_follow_the_rule(built) -> None:
             and summary["splits"][split]["boxes"] == expected_boxes
         )
     assert summary["splits"]["test"]["tiles"] == 4 * 3 + 1 + 1  # 1249x1035 -> 4x3 tiles; two 400 px images
-    assert summary["splits"]["train"]["tiles"] < 6 * 7  # 2299x2472 -> 6x7 tiles, empty ones dropped
+    assert summary["splits"]["train"]["tiles"] < 5 * 7  # 1771x2472 -> 5x7 tiles, empty ones dropped
+    assert summary["splits"]["val"]["tiles"] == 7  # 400x2472 -> one column of 7 tiles
+
+
+def test_no_crown_is_seen_by_both_train_and_val(built) -> None:
+    out, _ = built
+    boxes = np.array(_source_objects(_source_dir() / f"{TRAIN[0]}.xml"), dtype=np.float64)
+    seen = {}
+    for split in ("train", "val"):
+        ids = (out / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        hit = np.zeros(len(boxes), dtype=bool)
+        for tile_id in ids:
+            _, xs, ys = tile_id.rsplit("_", 2)
+            ox, oy = int(xs[1:]), int(ys[1:])
+            inside_x = (boxes[:, 2] > ox) & (boxes[:, 0] < ox + 400)
+            hit |= inside_x & (boxes[:, 3] > oy) & (boxes[:, 1] < oy + 400)
+        seen[split] = hit
+    assert seen["train"].sum() > 300 and seen["val"].sum() > 100
+    assert not (seen["train"] & seen["val"]).any()  # not even a sliver of one crown in both
+
+
+def test_a_gap_narrower_than_a_crown_is_refused(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(trees, "SPLIT_COLUMNS", {"train": (0, 1880), "val": (1899, None)})
+    with pytest.raises(ValueError, match="reaches into more than one of the splits"):
+        build_trees_dataset(tmp_path / "t", _source_dir())
+    assert not (tmp_path / "t").exists()  # checked before anything is written
 
 
 @pytest.mark.parametrize(
@@ -192,7 +220,7 @@ def test_reads_back_as_a_voc_dataset(built) -> None:
 def test_rerun_through_the_tool_is_byte_identical(built, capsys) -> None:
     out, summary = built
     snapshot = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    assert len(snapshot) == 2 * sum(s["tiles"] for s in summary["splits"].values()) + 2
+    assert len(snapshot) == 2 * sum(s["tiles"] for s in summary["splits"].values()) + 3
     shutil.rmtree(out / "Annotations")  # rebuilt from scratch: must come back byte for byte
     (out / "ImageSets" / "Main" / "train.txt").unlink()
     assert _load_tool().main(["--out", str(out)]) == 0
@@ -202,7 +230,7 @@ def test_rerun_through_the_tool_is_byte_identical(built, capsys) -> None:
     printed = capsys.readouterr().out
     n_tiles = sum(s["tiles"] for s in summary["splits"].values())
     assert f"; {n_tiles + 1} file(s) written)" in printed  # every XML and the train split file, no PNG
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         info = summary["splits"][split]
         line = next(line for line in printed.splitlines() if line.startswith(split))
         assert line.split() == [split, str(len(info["sources"])), str(info["tiles"]), str(info["boxes"])]

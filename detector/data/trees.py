@@ -7,6 +7,12 @@ and the clipped area is >= 50% of the original area; train tiles without boxes a
 (``build_trees_dataset(..., keep_empty_train=True)`` keeps the empty train tiles too, as negatives; the
 bundled dataset and its published results use the default, False).
 
+Validation (issue 20): the training orthophoto (2299 x 2472) is split by columns. Its rightmost 400 px
+(x >= 1899, one column of 7 tiles) is the ``val`` split; ``train`` is tiled from x < 1771 only. The 128 px gap
+between them is wider than the largest crown (109 px), so no crown is seen, even in part, by both splits
+(`build_trees_dataset` checks it). Recipes and checkpoints are chosen on ``val``; ``test`` (three other sites)
+is only reported.
+
 Coordinates in the written XML: the source files hold whole pixels, and tile origins and clip bounds are whole
 pixels, so every written value is an integer and the 1-based round trip (``xmin + 1, ymin + 1, xmax, ymax``)
 is exact; no rounding is involved (a fractional value would be written exactly, never rounded).
@@ -33,13 +39,16 @@ __all__ = [
     "DEEPFOREST_PIP",
     "MIN_AREA_FRACTION",
     "MIN_SIDE",
+    "SPLIT_COLUMNS",
     "SPLIT_SOURCES",
     "TILE_SIZE",
     "DeepForestNotFoundError",
     "Tile",
     "build_trees_dataset",
+    "check_split_gap",
     "find_deepforest_data",
     "make_tiles",
+    "split_columns",
     "tile_boxes",
     "tile_origins",
 ]
@@ -48,10 +57,14 @@ TILE_SIZE = 400
 MIN_SIDE = 2.0  # px, clipped width and height
 MIN_AREA_FRACTION = 0.5  # clipped area / original area
 CLASS_NAME = "tree"
+TRAIN_SOURCE = "2019_YELL_2_528000_4978000_image_crop2"
 SPLIT_SOURCES: dict[str, tuple[str, ...]] = {
-    "train": ("2019_YELL_2_528000_4978000_image_crop2",),
+    "train": (TRAIN_SOURCE,),
+    "val": (TRAIN_SOURCE,),
     "test": ("2019_YELL_2_541000_4977000_image_crop", "OSBS_029", "SOAP_061"),
 }
+# The columns [x0, x1) of its sources a split takes (None: up to the right edge); splits not listed take all.
+SPLIT_COLUMNS: dict[str, tuple[int, int | None]] = {"train": (0, 1771), "val": (1899, None)}
 DEEPFOREST_PIP = "pip install --no-deps deepforest==2.1.0"
 _DATABASE = "deepforest 2.1.0 package data (NEON aerial RGB), tiled by focaldet"
 
@@ -95,14 +108,16 @@ def tile_origins(size: int, tile: int = TILE_SIZE) -> list[int]:
     return [*range(0, size - tile, tile), size - tile]
 
 
-def tile_boxes(boxes: np.ndarray, ox: int, oy: int, tile: int = TILE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Shift 0-based xyxy ``boxes`` into the tile at (ox, oy), clip to ``[0, tile]`` and apply the keep rule.
-
-    Returns ``(clipped boxes [N, 4], keep mask [N])``.
+def tile_boxes(
+    boxes: np.ndarray, ox: int, oy: int, tile: int = TILE_SIZE, height: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shift 0-based xyxy ``boxes`` into the window at (ox, oy) of width ``tile`` (and ``height``, default
+    ``tile``), clip to it and apply the keep rule. Returns ``(clipped boxes [N, 4], keep mask [N])``.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     shifted = boxes - np.array([ox, oy, ox, oy], dtype=np.float64)
-    clipped = np.clip(shifted, 0.0, float(tile))
+    bottom = float(tile if height is None else height)
+    clipped = np.clip(shifted, 0.0, np.array([tile, bottom, tile, bottom], dtype=np.float64))
     width, height = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
     area = np.clip(width, 0, None) * np.clip(height, 0, None)
     orig_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -127,14 +142,24 @@ def _load_source(source_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return pixels, ann.boxes
 
 
+def split_columns(split: str, width: int) -> tuple[int, int]:
+    """The columns ``[x0, x1)`` of a source ``width`` px wide that ``split`` takes (`SPLIT_COLUMNS`)."""
+    x0, x1 = SPLIT_COLUMNS.get(split, (0, None))
+    x1 = width if x1 is None else x1
+    if not 0 <= x0 < x1 <= width:
+        raise ValueError(f"split {split!r}: columns [{x0}, {x1}) do not fit a source {width} px wide")
+    return x0, x1
+
+
 def make_tiles(source_dir: Path, name: str, split: str, keep_empty_train: bool = False) -> list[Tile]:
-    """Cut one source image into tiles by the rule (row-major: y origin, then x origin); empty train tiles
-    are dropped unless ``keep_empty_train``."""
+    """Cut the split's columns of one source image into tiles by the rule (row-major: y origin, then x origin;
+    origins counted from the columns' left edge); empty train tiles are dropped unless ``keep_empty_train``."""
     pixels, boxes = _load_source(source_dir, name)
     height, width = pixels.shape[:2]
+    x0, x1 = split_columns(split, width)
     tiles = []
     for oy in tile_origins(height):
-        for ox in tile_origins(width):
+        for ox in (x0 + o for o in tile_origins(x1 - x0)):
             clipped, keep = tile_boxes(boxes, ox, oy)
             kept = clipped[keep]
             if split == "train" and len(kept) == 0 and not keep_empty_train:
@@ -164,7 +189,7 @@ def build_trees_dataset(
     source_dir: str | os.PathLike[str] | None = None,
     keep_empty_train: bool = False,
 ) -> dict[str, Any]:
-    """Write the tree VOC folder (Annotations/, JPEGImages/*.png, ImageSets/Main/{train,test}.txt).
+    """Write the tree VOC folder (Annotations/, JPEGImages/*.png, ImageSets/Main/{train,val,test}.txt).
 
     Idempotent: a re-run rewrites nothing and gives byte-identical files. ``source_dir`` defaults to the
     installed deepforest's ``data/``. Returns a summary: per split the sources, tile count and box count.
@@ -177,6 +202,7 @@ def build_trees_dataset(
         "class_names": (CLASS_NAME,),
         "splits": {},
     }
+    check_split_gap(src)
     written = 0
     for split, sources in SPLIT_SOURCES.items():
         ids: list[str] = []
@@ -206,6 +232,29 @@ def build_trees_dataset(
         summary["splits"][split] = {"sources": list(sources), "tiles": len(ids), "boxes": n_boxes}
     summary["files_written"] = int(written)
     return summary
+
+
+def check_split_gap(source_dir: Path) -> None:
+    """Raise ValueError when a crown of a source shared by column-split splits reaches into more than one."""
+    shared: dict[str, list[str]] = {}
+    for split, sources in SPLIT_SOURCES.items():
+        for name in sources:
+            shared.setdefault(name, []).append(split)
+    for name, splits in shared.items():
+        if len(splits) < 2:
+            continue
+        pixels, boxes = _load_source(source_dir, name)
+        width = pixels.shape[1]
+        reach = np.zeros(len(boxes), dtype=np.int64)
+        for split in splits:
+            x0, x1 = split_columns(split, width)
+            reach += (boxes[:, 2] > x0) & (boxes[:, 0] < x1)
+        if (reach > 1).any():
+            box = boxes[int(np.argmax(reach > 1))].tolist()
+            raise ValueError(
+                f"{source_dir / name}.xml: the crown at {box} reaches into more than one of the splits "
+                f"{splits}; their columns (SPLIT_COLUMNS) need a wider gap"
+            )
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, int, int, int]]:
