@@ -405,3 +405,21 @@ def test_fit_two_steps_with_rot90_crops_and_mosaic(tiny_voc, tmp_path, monkeypat
     result = fit(cfg)
     assert result.steps == 2 and result.skipped_steps == 0
     assert all(math.isfinite(v) for v in result.history["train_loss"])
+
+
+@pytest.mark.slow
+def test_mosaic_items_do_not_depend_on_the_worker_count():
+    from detector.data.datamodule import EpochSeededSampler, collate_detection
+
+    def epoch(workers: int, number: int) -> list[torch.Tensor]:
+        data = _mosaic_data(p=0.7, crop_scale=[0.5, 1.0])
+        sampler = EpochSeededSampler(data.dataset, 0)
+        sampler.set_epoch(number)
+        loader = torch.utils.data.DataLoader(
+            data, sampler=sampler, batch_size=2, num_workers=workers, collate_fn=collate_detection
+        )
+        return [images for images, _ in loader]
+
+    for number in (0, 1):
+        one, two = epoch(0, number), epoch(2, number)
+        assert len(one) == 3 and all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
