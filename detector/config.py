@@ -109,6 +109,14 @@ class DataConfig:
     vflip: bool = False  # aerial data: orientation carries no meaning
     color_jitter: bool = True
     scale_jitter: float = 0.0  # > 0: random rescale in [1 - j, 1 + j] before the letterbox
+    # Stronger augmentation (issue 20), all off by default. rot90: turn the content by 0/90/180/270 degrees
+    # (with the flips, before the pad). crop_scale: [min, max] random resized crop: a window of that area
+    # fraction (aspect 3/4..4/3) is cut and letterboxed to size; boxes under 30% visible are dropped.
+    # mosaic: probability that a training item is a 2x2 mosaic of itself and 3 other training items, each
+    # letterboxed to size (no shrinking: object scale unchanged), cut to a random size x size window.
+    rot90: bool = False
+    crop_scale: list[float] = field(default_factory=list)
+    mosaic: float = 0.0
 
 
 @dataclass
@@ -182,6 +190,12 @@ class ConfigError(ValueError):
 def _validate(cfg: Config) -> None:
     """Checks OmegaConf's types cannot express; raises ConfigError naming the key. The choices of a model
     component are the ones the component defines (one list each), checked here to name the key at load."""
+    from detector.data.augment_options import (
+        CROP_SCALE_EXPECTED,
+        MOSAIC_EXPECTED,
+        valid_crop_scale,
+        valid_mosaic,
+    )
     from detector.models.box_loss import BOX_LOSSES
     from detector.models.fpn import P6_SOURCES
     from detector.models.retinanet import HEAD_NORMS
@@ -213,6 +227,8 @@ def _validate(cfg: Config) -> None:
             "distinct non-empty class names ([]: from the dataset, for COCO and YOLO)",
         ),
         (cfg.data.format in (None, "voc", "coco", "yolo"), "data.format", "voc, coco, yolo or null (detect)"),
+        (valid_crop_scale(cfg.data.crop_scale), "data.crop_scale", CROP_SCALE_EXPECTED),
+        (valid_mosaic(cfg.data.mosaic), "data.mosaic", MOSAIC_EXPECTED),
         (cfg.train.optimizer in ("sgd", "adamw"), "train.optimizer", "sgd or adamw"),
         (cfg.train.schedule in ("cosine", "step"), "train.schedule", "cosine or step"),
         (cfg.train.lr > 0, "train.lr", "positive"),

@@ -10,6 +10,11 @@ generator seeded by (seed, epoch), and each item's augmentation is reseeded from
 it is loaded. So no two items or workers repeat each other, the worker count does not change what is drawn,
 and the train loader is resumable: Lightning saves its position in each checkpoint, and a run resumed
 mid-epoch sees exactly the batches an uninterrupted run sees.
+
+Mosaic (``data.mosaic`` = p): with probability p a training item is a mosaic of 4 items, itself and 3 others
+drawn by the item's own generator (seeded by (seed, epoch, index) too), each augmented and letterboxed to S,
+placed in a 2S x 2S canvas, from which an S x S window centred in the middle half is cut. Objects keep their
+scale (crowns are small); boxes are shifted and clipped with the transforms' visibility rule.
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
 
+from detector.data.augment_options import check_mosaic
 from detector.data.formats import build_dataset, dataset_class_names, drop_empty
-from detector.data.transforms import build_eval_transforms, build_train_transforms
+from detector.data.transforms import build_eval_transforms, build_train_transforms, crop_boxes
 
 __all__ = [
     "EpochSeededSampler",
     "ResumableLoader",
     "SeededAugmentation",
     "DetectionDataModule",
-    "DetectionDataModule",
     "collate_detection",
+    "item_seed",
 ]
+
+_MOSAIC_STREAM = 0x6D6F7361  # tags the mosaic generator, so its draws are unrelated to the item's transforms
 
 
 def collate_detection(
@@ -74,19 +82,74 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 class SeededAugmentation(Dataset):
     """Wraps a training dataset: takes `(epoch, index)` keys and reseeds the augmentations from
     (seed, epoch, index) before loading item `index`, so what an item looks like depends on neither the worker
-    that loads it nor what was loaded before."""
+    that loads it nor what was loaded before. `mosaic` > 0: that probability of a 4-image mosaic (module
+    docstring); 0 draws nothing extra, so items are the same as without the option."""
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int, mosaic: float = 0.0) -> None:
         self.dataset = dataset
         self.seed = int(seed)
+        self.mosaic = check_mosaic(mosaic)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int] | int) -> Any:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        _reseed_transforms(self.dataset, item_seed(self.seed, epoch, index))
+        seed = item_seed(self.seed, epoch, index)
+        if self.mosaic > 0:
+            rng = np.random.default_rng([seed, _MOSAIC_STREAM])
+            if rng.random() < self.mosaic:
+                return self._mosaic(index, seed, rng)
+        _reseed_transforms(self.dataset, seed)
         return self.dataset[index]
+
+    def _load(self, index: int, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        _reseed_transforms(self.dataset, seed)
+        return self.dataset[index]
+
+    def _mosaic(self, index: int, seed: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Item `index` and 3 others (other indices when there are any) in a 2x2 canvas, cut to S x S."""
+        n = len(self)
+        others = rng.integers(0, n - 1, 3) if n > 1 else np.zeros(3, np.int64)
+        others = [int(i) + int(n > 1 and i >= index) for i in others]  # skip `index` itself
+        seeds = [seed] + [int(s) for s in rng.integers(0, 2**63 - 1, 3, dtype=np.int64)]
+        quadrants = rng.permutation(4)
+        pieces = [self._load(i, s) for i, s in zip([index, *others], seeds, strict=True)]
+        size = int(pieces[0][0].shape[-1])
+        for (image, target), i in zip(pieces, [index, *others], strict=True):
+            if tuple(image.shape) != (3, size, size) or "boxes" not in target:
+                raise ValueError(
+                    f"data.mosaic needs letterboxed training items with boxes; item {i} "
+                    f"({target.get('image_id', '?')}) is {tuple(image.shape)}"
+                )
+        canvas = torch.empty(3, 2 * size, 2 * size, dtype=torch.uint8)
+        boxes, labels, difficult, offsets = [], [], [], []
+        for (image, target), quadrant in zip(pieces, quadrants, strict=True):
+            oy, ox = (int(quadrant) // 2) * size, (int(quadrant) % 2) * size
+            canvas[:, oy : oy + size, ox : ox + size] = image
+            boxes.append(target["boxes"].numpy().reshape(-1, 4) + np.array([ox, oy, ox, oy], np.float32))
+            labels.append(target["labels"].numpy())
+            difficult.append(target["difficult"].numpy())
+            offsets.append((ox, oy))
+        left, top = (int(v) for v in rng.integers(0, size + 1, 2))  # window centre in the middle half
+        kept = crop_boxes(
+            np.concatenate(boxes).astype(np.float32),
+            np.concatenate(labels).astype(np.int64),
+            np.concatenate(difficult).astype(bool),
+            left,
+            top,
+            (size, size),
+        )
+        out = dict(pieces[0][1])
+        out["boxes"] = torch.from_numpy(np.ascontiguousarray(kept[0])).reshape(-1, 4)
+        out["labels"] = torch.from_numpy(np.ascontiguousarray(kept[1]))
+        out["difficult"] = torch.from_numpy(np.ascontiguousarray(kept[2]))
+        if "pad" in out:  # the item's own content still maps back to its original pixels
+            ox, oy = offsets[0]
+            out["pad"] = out["pad"] + torch.tensor([ox - left, oy - top], dtype=torch.float32)
+        out["mosaic_ids"] = tuple(str(t.get("image_id", "?")) for _, t in pieces)
+        window = canvas[:, top : top + size, left : left + size].contiguous()
+        return window, out
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -220,7 +283,7 @@ class DetectionDataModule(L.LightningDataModule):
         dataset = self._set_up(self.train_dataset, "train")
         options = self._loader_options()
         return ResumableLoader(
-            SeededAugmentation(dataset, self.seed),
+            SeededAugmentation(dataset, self.seed, mosaic=float(getattr(self.cfg, "mosaic", 0.0))),
             sampler=EpochSeededSampler(dataset, self.seed),
             drop_last=len(dataset) > options["batch_size"],
             # Worker base seeds come from this generator, not the global one, whose state a resume restores.

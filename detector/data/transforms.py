@@ -7,13 +7,21 @@ Letterbox = resize so the longest side is `size` (LongestMaxSize) and pad right/
 Padding colour: ImageNet mean grey (124, 116, 104). After the model's normalization it is ~0, the same as
 torchvision's detectors, which pad the normalized tensor with zeros; black padding reads as a dark border.
 
-Flips are applied to the resized image before it is padded, so they mirror the content only and boxes stay on
-the pixels they cover. Boxes are pascal_voc xyxy in 0-based continuous pixels (x_max may equal the width).
+Flips and 90-degree rotations (data.rot90) are applied to the resized image before it is padded, so they
+move the content only and boxes stay on the pixels they cover. Boxes are pascal_voc xyxy in 0-based
+continuous pixels (x_max may equal the width).
+
+Random resized crop (data.crop_scale = [min, max]): before the letterbox, a window of a random area fraction
+in [min, max] of the image and aspect ratio in CROP_RATIO is cut (torchvision's RandomResizedCrop sampling)
+and letterboxed to S like a whole image (aspect kept, crowns not stretched); a box is kept when at least
+MIN_CROP_VISIBILITY of its area stays in the window. `scale` and `pad` then map the window back to original
+pixels; flips and rotations are not recorded (training targets are never mapped back).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+from detector.data.augment_options import CROP_RATIO, check_crop_scale
 from detector.data.letterbox import check_letterbox_size
 
 __all__ = [
@@ -30,12 +39,12 @@ __all__ = [
     "DetectionTransform",
     "build_eval_transforms",
     "build_train_transforms",
+    "crop_boxes",
 ]
 
 PAD_FILL = (124, 116, 104)  # ImageNet mean in uint8 RGB
-MIN_CROP_VISIBILITY = (
-    0.3  # scale-jitter crop: drop a box when less than this fraction of its area stays visible
-)
+# scale-jitter crop, random resized crop, mosaic: drop a box when under this fraction of its area is visible
+MIN_CROP_VISIBILITY = 0.3
 _EPS = 1e-3  # boxes thinner than this (pixels) count as degenerate
 
 
@@ -60,19 +69,29 @@ class DetectionTransform:
 
     `resize` is a Compose that resizes (and, for training, flips and jitters colours) without padding; the
     letterbox geometry is then read from the resized array, a random crop is taken when scale jitter made the
-    image larger than S, and `pad` pads to S x S at the top left.
+    image larger than S, and `pad` pads to S x S at the top left. `crop_scale` = (min, max) first cuts a
+    random resized crop window (module docstring); `rotates` says `resize` may turn the image by 90 degrees.
     """
 
-    def __init__(self, size: int, resize: A.Compose, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        resize: A.Compose,
+        seed: int | None = None,
+        crop_scale: Sequence[float] | None = None,
+        rotates: bool = False,
+    ) -> None:
         self.size = check_letterbox_size(size)
         self.resize = resize
+        self.crop_scale = check_crop_scale(crop_scale)
+        self.rotates = bool(rotates)
         self.pad = A.Compose([_pad_if_needed(size)], bbox_params=_bbox_params())
         self.rng = np.random.default_rng(seed)
         if seed is not None:
             self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        """Reseed every random choice (before each training item, from its (seed, epoch, index): see datamodule)."""
+        """Reseed every random choice (before each training item, from its (seed, epoch, index))."""
         self.rng = np.random.default_rng(seed)
         if hasattr(self.resize, "set_random_state"):  # albumentations >= 2.0 keeps its own generators
             # One generator shared by all steps. Compose.set_random_seed would give every step its own
@@ -105,28 +124,59 @@ class DetectionTransform:
         array = _to_hwc(image)
         has_boxes = target is not None and "boxes" in target
         boxes, labels, difficult = _valid_boxes(out, height, width) if has_boxes else _empty()
+        crop_x = crop_y = 0
+        if self.crop_scale is not None:  # random resized crop: cut the window, then letterbox it
+            crop_x, crop_y, width, height = self._crop_window(height, width)
+            array = np.ascontiguousarray(array[crop_y : crop_y + height, crop_x : crop_x + width])
+            boxes, labels, difficult = crop_boxes(boxes, labels, difficult, crop_x, crop_y, (height, width))
 
         res = self.resize(image=array, bboxes=boxes, labels=labels, difficult=difficult)
         array = res["image"]
         boxes, labels, difficult = _as_arrays(res["bboxes"], res["labels"], res["difficult"])
         new_h, new_w = array.shape[:2]
+        if self.rotates and new_h != new_w and (new_h > new_w) != (height > width):
+            new_h, new_w = new_w, new_h  # turned by 90 degrees: read the resize scale off the unturned sides
         left = top = 0
         if new_h > self.size or new_w > self.size:  # scale jitter > 1: random S x S window of the content
             left = int(self.rng.integers(0, max(new_w - self.size, 0) + 1))
             top = int(self.rng.integers(0, max(new_h - self.size, 0) + 1))
             array = np.ascontiguousarray(array[top : top + self.size, left : left + self.size])
-            boxes, labels, difficult = _crop_boxes(boxes, labels, difficult, left, top, array.shape[:2])
+            boxes, labels, difficult = crop_boxes(boxes, labels, difficult, left, top, array.shape[:2])
         res = self.pad(image=array, bboxes=boxes, labels=labels, difficult=difficult)
         boxes, labels, difficult = _as_arrays(res["bboxes"], res["labels"], res["difficult"])
         boxes, labels, difficult = _drop_degenerate(boxes, labels, difficult, self.size)
 
-        out["scale"] = torch.tensor([new_w / width, new_h / height], dtype=torch.float32)
-        out["pad"] = torch.tensor([-left, -top], dtype=torch.float32)  # a crop is a negative pad
+        scale_x, scale_y = new_w / width, new_h / height
+        out["scale"] = torch.tensor([scale_x, scale_y], dtype=torch.float32)
+        # a crop is a negative pad: the crop window's origin (original pixels, scaled) plus the jitter crop's
+        pad = [-(crop_x * scale_x + left), -(crop_y * scale_y + top)]
+        out["pad"] = torch.tensor(pad, dtype=torch.float32)
         if has_boxes:
             out["boxes"] = torch.from_numpy(boxes).reshape(-1, 4)
             out["labels"] = torch.from_numpy(labels.astype(np.int64))
             out["difficult"] = torch.from_numpy(difficult.astype(bool))
         return _to_chw(res["image"]), out
+
+    def _crop_window(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """`(x, y, w, h)` of a random resized crop window: area fraction in crop_scale, aspect in CROP_RATIO,
+        drawn as torchvision's RandomResizedCrop does (10 tries, then the centre cut to the ratio range)."""
+        assert self.crop_scale is not None
+        low, high = self.crop_scale
+        log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+        for _ in range(10):
+            area = height * width * float(self.rng.uniform(low, high))
+            ratio = math.exp(float(self.rng.uniform(*log_ratio)))
+            w, h = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+            if 0 < w <= width and 0 < h <= height:
+                x = int(self.rng.integers(0, width - w + 1))
+                y = int(self.rng.integers(0, height - h + 1))
+                return x, y, w, h
+        w, h = width, height
+        if width / height < CROP_RATIO[0]:
+            h = max(1, min(height, int(round(width / CROP_RATIO[0]))))
+        elif width / height > CROP_RATIO[1]:
+            w = max(1, min(width, int(round(height * CROP_RATIO[1]))))
+        return (width - w) // 2, (height - h) // 2, w, h
 
 
 def _to_hwc(image: torch.Tensor) -> np.ndarray:
@@ -171,8 +221,11 @@ def _valid_boxes(
     return boxes[keep], labels[keep].astype(np.int64), difficult[keep].astype(bool)
 
 
-def _crop_boxes(boxes, labels, difficult, left: int, top: int, shape) -> tuple[np.ndarray, ...]:
-    """Shift boxes into a crop window, clip, and drop those mostly outside it."""
+def crop_boxes(
+    boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray, left: int, top: int, shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shift xyxy boxes into a crop window at (left, top) of `shape` (h, w), clip, and drop those with less
+    than MIN_CROP_VISIBILITY of their area inside (labels and flags kept in step)."""
     if not len(boxes):
         return boxes, labels, difficult
     h, w = shape
@@ -205,7 +258,9 @@ def _jitter_sizes(size: int, jitter: float) -> list[int]:
 
 
 def build_train_transforms(data_cfg: Any, seed: int | None = None) -> DetectionTransform:
-    """Train pipeline from a DataConfig: letterbox to `size`, flips, colour jitter, optional scale jitter."""
+    """Train pipeline from a DataConfig: optional random resized crop (crop_scale), letterbox to `size`,
+    flips, optional 90-degree rotations (rot90), colour jitter, optional scale jitter. Options that are off
+    add no random draw, so a config without them gives the same images as before they existed."""
     size = check_letterbox_size(int(data_cfg.size))
     sizes = _jitter_sizes(size, float(getattr(data_cfg, "scale_jitter", 0.0)))
     steps: list[A.BasicTransform] = [A.LongestMaxSize(max_size=sizes if len(sizes) > 1 else size)]
@@ -213,9 +268,18 @@ def build_train_transforms(data_cfg: Any, seed: int | None = None) -> DetectionT
         steps.append(A.HorizontalFlip(p=0.5))
     if getattr(data_cfg, "vflip", False):
         steps.append(A.VerticalFlip(p=0.5))
+    rotates = bool(getattr(data_cfg, "rot90", False))
+    if rotates:
+        steps.append(A.RandomRotate90(p=1.0))  # 0, 90, 180 or 270 degrees, equally likely
     if getattr(data_cfg, "color_jitter", True):
         steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8))
-    return DetectionTransform(size, A.Compose(steps, bbox_params=_bbox_params()), seed=seed)
+    return DetectionTransform(
+        size,
+        A.Compose(steps, bbox_params=_bbox_params()),
+        seed=seed,
+        crop_scale=getattr(data_cfg, "crop_scale", None),
+        rotates=rotates,
+    )
 
 
 def build_eval_transforms(size: int) -> DetectionTransform:
