@@ -102,15 +102,15 @@ def test_hand_checked_single_box() -> None:
     gt, valid = torch.tensor([[[0.0, 0, 12, 12]]]), torch.tensor([[True]])
     matcher = ATSSMatcher(3)
     # nearest 3 to the centre (6, 6): anchors 0, 1, 2 (1 and 2 tie at distance^2 82)
-    assert matcher.candidates(gt, anchors, [4])[0, 0].tolist() == [True, True, True, False]
+    assert matcher.candidates(gt, anchors, [4])[0, 0].tolist() == [0, 1, 2]
     # IoUs 100/144, 20/224, 20/224: mean 0.291, std 0.349 -> threshold 0.640: anchor 0 alone
     assert matcher(gt, valid, anchors, [4]).tolist() == [[0, -1, -1, -1]]
     # two candidates (0 and, of the tied pair, the lower index 1): mean + std/sqrt(2)... exceeds the best
     # IoU, so nothing is positive with topk=2; the rule is the paper's, the outcome known
-    assert ATSSMatcher(2).candidates(gt, anchors, [4])[0, 0].tolist() == [True, True, False, False]
+    assert ATSSMatcher(2).candidates(gt, anchors, [4])[0, 0].tolist() == [0, 1]
     assert ATSSMatcher(2)(gt, valid, anchors, [4]).tolist() == [[-1, -1, -1, -1]]
     # levels are separate: with [2, 2] each level gives its 1 nearest anchor, 0 and 2
-    assert ATSSMatcher(1).candidates(gt, anchors, [2, 2])[0, 0].tolist() == [True, False, True, False]
+    assert ATSSMatcher(1).candidates(gt, anchors, [2, 2])[0, 0].tolist() == [0, 2]
 
 
 def test_single_candidate_has_std_zero_and_is_positive() -> None:

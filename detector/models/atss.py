@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from detector.models.matcher import BACKGROUND, batched_box_iou
+from detector.models.matcher import BACKGROUND
 
 __all__ = ["ATSSMatcher"]
 
@@ -36,27 +36,32 @@ class ATSSMatcher:
     def candidates(
         self, gt_boxes: torch.Tensor, anchors: torch.Tensor, num_per_level: Sequence[int]
     ) -> torch.Tensor:
-        """Candidate mask [B, G, A]: per level the `topk` anchors nearest to each box centre (squared L2
-        between centres; equal distances: the lower anchor index first, so the choice is deterministic)."""
+        """Candidate anchor indices [B, G, K] (ascending; K = sum over levels of min(topk, level size)): per
+        level the `topk` anchors nearest to each box centre (squared L2 between centres; equal distances
+        across the k-th place: the lower anchor indices, so the choice is deterministic)."""
         if sum(num_per_level) != anchors.shape[0]:
             raise ValueError(f"anchors per level {list(num_per_level)} do not add up to {anchors.shape[0]}")
-        gt_c = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # [B, G, 2]
-        an_c = (anchors[:, :2] + anchors[:, 2:]) / 2  # [A, 2]
-        dist = (an_c[None, None, :, 0] - gt_c[..., 0, None]) ** 2 + (
-            an_c[None, None, :, 1] - gt_c[..., 1, None]
-        ) ** 2
-        masks = []
-        for d in dist.split(list(num_per_level), dim=2):
-            k = min(self.topk, d.shape[2])
-            if k == 0:
-                masks.append(torch.zeros_like(d, dtype=torch.bool))
-                continue
-            kth = d.topk(k, dim=2, largest=False).values[..., -1:]  # the k-th smallest distance
-            closer = d < kth
-            tied = d == kth
-            room = k - closer.sum(dim=2, keepdim=True)  # how many of the tied anchors still fit
-            masks.append(closer | (tied & (tied.cumsum(dim=2) <= room)))
-        return torch.cat(masks, dim=2)
+        batch, num_gt = gt_boxes.shape[:2]
+        gt_x = ((gt_boxes[..., 0] + gt_boxes[..., 2]) / 2)[..., None]  # [B, G, 1]
+        gt_y = ((gt_boxes[..., 1] + gt_boxes[..., 3]) / 2)[..., None]
+        picked, start = [], 0
+        for count in num_per_level:
+            k = min(self.topk, count)
+            level = anchors[start : start + count]
+            dx = (level[:, 0] + level[:, 2]) / 2 - gt_x  # [B, G, n]
+            dy = (level[:, 1] + level[:, 3]) / 2 - gt_y
+            dist = dx * dx + dy * dy
+            if k > 0:
+                values, index = dist.topk(k, dim=2, largest=False)
+                kth = values[..., -1:]  # the k-th smallest distance
+                if bool(((dist <= kth).sum(dim=2) > k).any()):  # ties across the k-th place: topk's pick
+                    closer, tied = dist < kth, dist == kth  # among them is arbitrary; take lower indices
+                    room = k - closer.sum(dim=2, keepdim=True)
+                    mask = closer | (tied & (tied.cumsum(dim=2, dtype=torch.int32) <= room))
+                    index = mask.nonzero()[:, 2].view(batch, num_gt, k)
+                picked.append(index + start)
+            start += count
+        return torch.cat(picked, dim=2).sort(dim=2).values
 
     def __call__(
         self,
@@ -75,20 +80,32 @@ class ATSSMatcher:
         if num_gt == 0 or anchors.shape[0] == 0:
             return background
         gt_boxes = gt_boxes.to(anchors.dtype)
-        candidate = self.candidates(gt_boxes, anchors, num_per_level) & valid[:, :, None]
-        iou = batched_box_iou(gt_boxes, anchors)  # [B, G, A]
-        count = candidate.sum(dim=2, keepdim=True).clamp(min=1)
-        cand_iou = torch.where(candidate, iou, torch.zeros_like(iou))
-        mean = cand_iou.sum(dim=2, keepdim=True) / count
-        sq_dev = torch.where(candidate, (iou - mean) ** 2, torch.zeros_like(iou))
-        std = (sq_dev.sum(dim=2, keepdim=True) / (count - 1).clamp(min=1)).sqrt()  # 1 candidate: std 0
-        above = iou >= mean + std - THRESHOLD_TOLERANCE
-        an_x = ((anchors[:, 0] + anchors[:, 2]) / 2)[None, None]
-        an_y = ((anchors[:, 1] + anchors[:, 3]) / 2)[None, None]
-        x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))
-        margin = torch.minimum(torch.minimum(an_x - x1, an_y - y1), torch.minimum(x2 - an_x, y2 - an_y))
-        inside = margin > INSIDE_MARGIN
-        positive = candidate & above & inside
+        index = self.candidates(gt_boxes, anchors, num_per_level)  # [B, G, K] anchor indices
+        count = index.shape[2]
+        boxes = anchors[index]  # [B, G, K, 4]
+        gt = gt_boxes[:, :, None, :]
+        wh = (torch.minimum(gt[..., 2:], boxes[..., 2:]) - torch.maximum(gt[..., :2], boxes[..., :2])).clamp(
+            min=0
+        )
+        inter = wh[..., 0] * wh[..., 1]
+        area_gt = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
+        area_an = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        iou = inter / (area_gt + area_an - inter)  # [B, G, K]
+        mean = iou.mean(dim=2, keepdim=True)
+        std = iou.std(dim=2, keepdim=True) if count > 1 else torch.zeros_like(mean)  # 1 candidate: std 0
+        centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+        margin = torch.minimum(centre - gt[..., :2], gt[..., 2:] - centre).amin(dim=-1)
+        positive = (iou >= mean + std - THRESHOLD_TOLERANCE) & (margin > INSIDE_MARGIN) & valid[:, :, None]
         # an anchor positive for several boxes takes the highest IoU (equal IoUs: the lower box index)
-        best_gt = torch.where(positive, iou, torch.full_like(iou, -1.0)).argmax(dim=1)
-        return torch.where(positive.any(dim=1), best_gt, background)
+        flat_index = index.view(batch, -1)
+        score = torch.where(positive, iou, torch.full_like(iou, -1.0)).view(batch, -1)
+        best = torch.full((batch, anchors.shape[0]), -1.0, dtype=iou.dtype, device=iou.device)
+        best = best.scatter_reduce(1, flat_index, score, "amax")
+        gt_index = (
+            torch.arange(num_gt, device=anchors.device).view(1, -1, 1).expand_as(index).reshape(batch, -1)
+        )
+        winner = positive.view(batch, -1) & (score == best.gather(1, flat_index))
+        chosen = torch.full_like(background, num_gt).scatter_reduce(
+            1, flat_index, torch.where(winner, gt_index, torch.full_like(gt_index, num_gt)), "amin"
+        )
+        return torch.where(chosen < num_gt, chosen, background)
