@@ -213,3 +213,18 @@ def test_retinanet_trains_with_atss_and_the_study_labels_are_atss(monkeypatch) -
     expected = model.loss.matcher(gt, valid, anchors, per_level)
     assert torch.equal(labels.view(2, -1) >= 0, expected >= 0)
     assert int((labels == -2).sum()) == 0 and int((labels >= 0).sum()) >= 2  # no ignore band in ATSS
+
+
+def test_bench_matcher_runs_both_assigners(capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_matcher.py"
+    spec = importlib.util.spec_from_file_location("bench_matcher_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert (
+        tool.main(["--size", "128", "--batch", "2", "--boxes", "3", "--repeats", "1", "--threads", "1"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "atss / iou" in out and "load at start" in out and "3069 anchors" in out

@@ -19,7 +19,7 @@ from detector.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = sorted(p.stem for p in (REPO / "tools").glob("*.py"))
-CONFIG_FREE = {"prepare_trees", "bench_model", "bench_focal", "check_kernel", "bench_tiling"}
+CONFIG_FREE = {"prepare_trees", "bench_model", "bench_focal", "check_kernel", "bench_tiling", "bench_matcher"}
 # Three overrides a test spreads over the command line, and what the resolved config must then hold.
 OVERRIDES = ("data.batch_size=3", "train.seed=7", "model.score_thresh=0.2")
 EXPECTED = {("data", "batch_size"): 3, ("train", "seed"): 7, ("model", "score_thresh"): 0.2}
