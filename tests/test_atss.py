@@ -165,6 +165,34 @@ def test_empty_images_and_padding() -> None:
         ATSSMatcher(0)
 
 
+def test_low_precision_anchors_match_as_float32() -> None:
+    grid = AnchorGrid([16.0, 32.0, 64.0, 128.0, 256.0], [1.0, 2**0.5], [0.5, 1.0, 2.0])
+    anchors, per_level = grid.grid(
+        (128, 128), [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)], torch.device("cpu")
+    )
+    images = [random_boxes(np.random.default_rng(5), 6, 128, True)]  # integers: exact in bfloat16 too
+    matcher = ATSSMatcher(9)
+    expected = batch_matches(matcher, images, anchors, per_level)
+    assert torch.equal(batch_matches(matcher, images, anchors.bfloat16(), per_level), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_equal_the_cpu_ones() -> None:
+    grid = AnchorGrid([16.0, 32.0, 64.0, 128.0, 256.0], [1.0, 2**0.5], [0.5, 1.0, 2.0])
+    anchors, per_level = grid.grid(
+        (256, 256), [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)], torch.device("cpu")
+    )
+    rng = np.random.default_rng(11)
+    images = [random_boxes(rng, n, 256, integer) for n, integer in ((7, True), (0, False), (12, False))]
+    targets = [
+        {"boxes": torch.from_numpy(g), "labels": torch.ones(len(g), dtype=torch.int64)} for g in images
+    ]
+    gt, _, valid = pad_targets(targets, 1, torch.device("cpu"))
+    expected = ATSSMatcher(9)(gt, valid, anchors, per_level)
+    got = ATSSMatcher(9)(gt.cuda(), valid.cuda(), anchors.cuda(), per_level)
+    assert torch.equal(got.cpu(), expected)
+
+
 def test_config_selects_the_assigner_and_names_bad_keys() -> None:
     assert type(build_matcher(ModelConfig())) is BatchMatcher  # default: the IoU matcher, as before
     cfg = load_config(None, ["model.assigner=atss", "model.atss_topk=5"])

@@ -79,6 +79,8 @@ class ATSSMatcher:
         )
         if num_gt == 0 or anchors.shape[0] == 0:
             return background
+        # at least float32 (bf16 anchors under mixed precision would make most distances equal)
+        anchors = anchors.to(torch.promote_types(anchors.dtype, torch.float32))
         gt_boxes = gt_boxes.to(anchors.dtype)
         index = self.candidates(gt_boxes, anchors, num_per_level)  # [B, G, K] anchor indices
         count = index.shape[2]
