@@ -78,6 +78,12 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    # RetinaNet's anchor assigner: "iou" (foreground at IoU >= fg_iou_thresh, background below bg_iou_thresh,
+    # ignored between) or "atss" (adaptive: per box the atss_topk nearest anchors of each level, IoU >= their
+    # mean + std, centre inside; no ignore band; the IoU thresholds are then unused). Faster R-CNN has its
+    # own two-stage matching and ignores these keys; torchvision_retinanet supports "iou" only.
+    assigner: str = "iou"
+    atss_topk: int = 9  # ATSS candidates per level per box, counted in anchors (as mmdetection)
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.4
     score_thresh: float = 0.05
@@ -198,6 +204,7 @@ def _validate(cfg: Config) -> None:
     )
     from detector.models.box_loss import BOX_LOSSES
     from detector.models.fpn import P6_SOURCES
+    from detector.models.matcher import ASSIGNERS
     from detector.models.retinanet import HEAD_NORMS
     from detector.models.retinanet_loss import CLS_LOSSES, NORMALIZATIONS
 
@@ -212,6 +219,8 @@ def _validate(cfg: Config) -> None:
         ),
         (cfg.model.fpn.p6_from in P6_SOURCES, "model.fpn.p6_from", one_of(P6_SOURCES)),
         (cfg.model.head.norm in HEAD_NORMS, "model.head.norm", one_of(HEAD_NORMS)),
+        (cfg.model.assigner in ASSIGNERS, "model.assigner", one_of(ASSIGNERS)),
+        (cfg.model.atss_topk >= 1, "model.atss_topk", ">= 1 (candidate anchors per level and box)"),
         (cfg.model.loss.cls in CLS_LOSSES, "model.loss.cls", one_of(CLS_LOSSES)),
         (cfg.model.loss.box in BOX_LOSSES, "model.loss.box", one_of(BOX_LOSSES)),
         (0.0 <= cfg.model.loss.ohem_nms <= 1.0, "model.loss.ohem_nms", "an IoU in [0, 1] (0: no NMS)"),

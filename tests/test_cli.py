@@ -19,7 +19,7 @@ from detector.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = sorted(p.stem for p in (REPO / "tools").glob("*.py"))
-CONFIG_FREE = {"prepare_trees", "bench_model", "bench_focal", "check_kernel", "bench_tiling"}
+CONFIG_FREE = {"prepare_trees", "bench_model", "bench_focal", "check_kernel", "bench_tiling", "bench_matcher"}
 # Three overrides a test spreads over the command line, and what the resolved config must then hold.
 OVERRIDES = ("data.batch_size=3", "train.seed=7", "model.score_thresh=0.2")
 EXPECTED = {("data", "batch_size"): 3, ("train", "seed"): 7, ("model", "score_thresh"): 0.2}
@@ -56,6 +56,10 @@ def option_groups(tool: str, weights: Path, tmp: Path) -> tuple[list[str], list[
         "ablate_loss": (["--only", "fl_g2_a0.25", "--seeds", "0,1"], ["--gammas", "2", "--ohem-budgets", ""]),
         "loss_distribution": (["--weights", w, "--gammas", "0,2"], ["--max-images", "2"]),
         "anchor_scores": (["--weights", w], ["--max-images", "2", "--weights", w]),
+        "fit_anchors": (
+            ["--bases", "16,32", "--top", "3"],
+            ["--out", str(tmp / "fit.json"), "--max-images", "2"],
+        ),
         "export_onnx": (["--weights", w], ["--out", str(tmp / "m.onnx"), "--batch", "1"]),
         "bench_onnx": (["--batch", "1,2"], ["--repeats", "1"]),
         "convert_dataset": ([str(tmp / "src"), str(tmp / "dst"), "--to", "coco"], ["--splits", "train,test"]),
@@ -65,7 +69,7 @@ def option_groups(tool: str, weights: Path, tmp: Path) -> tuple[list[str], list[
 
 def test_every_tool_is_covered() -> None:
     config_tools = {"train", "eval", "infer", "demo", "compare", "ablate_loss", "loss_distribution"}
-    config_tools |= {"anchor_scores", "export_onnx", "bench_onnx", "convert_dataset", "tune"}
+    config_tools |= {"anchor_scores", "export_onnx", "bench_onnx", "convert_dataset", "fit_anchors", "tune"}
     assert set(TOOLS) == config_tools | CONFIG_FREE
 
 

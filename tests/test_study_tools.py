@@ -143,6 +143,7 @@ def test_torchvision_retinanet_head_shape_follows_the_config():
         ("model.loss.gamma=1.0", "fixed focal loss"),
         ("model.loss.cls=ohem", "fixed focal loss"),
         ("model.loss.box=smooth_l1", "smooth_l1_beta"),
+        ("model.assigner=atss", "matches by IoU only"),
     ],
 )
 def test_torchvision_retinanet_refuses_settings_it_cannot_express(override, message):

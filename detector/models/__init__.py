@@ -12,11 +12,12 @@ from typing import Any
 from torch import nn
 
 from detector.models.anchors import AnchorGrid
+from detector.models.atss import ATSSMatcher
 from detector.models.backbones import build_backbone
 from detector.models.box_coder import BoxCoder
 from detector.models.faster_rcnn import FasterRCNNDetector
 from detector.models.fpn import FPN
-from detector.models.matcher import BatchMatcher
+from detector.models.matcher import ASSIGNERS, BatchMatcher
 from detector.models.retinanet import DetectionSettings, RetinaNet, Subnet
 from detector.models.retinanet_loss import CLS_LOSSES, OHEMSampler, RetinaNetLoss
 
@@ -24,6 +25,7 @@ __all__ = [
     "FasterRCNNDetector",
     "RetinaNet",
     "build_backbone",
+    "build_matcher",
     "build_model",
     "build_retinanet",
     "build_retinanet_loss",
@@ -35,8 +37,19 @@ def _backbone(model_cfg: Any) -> nn.Module:
     return build_backbone(b.name, b.pretrained, b.trainable_layers, b.mobilenet_c5_layer)
 
 
+def build_matcher(model_cfg: Any) -> BatchMatcher | ATSSMatcher:
+    """RetinaNet's anchor assigner from the `model` section: `assigner` iou (the IoU thresholds
+    `fg_iou_thresh` / `bg_iou_thresh`) or atss (`atss_topk` candidates per level)."""
+    assigner = getattr(model_cfg, "assigner", "iou")
+    if assigner not in ASSIGNERS:
+        raise ValueError(f"anchor assigner must be one of {ASSIGNERS}, got {assigner!r}")
+    if assigner == "atss":
+        return ATSSMatcher(int(model_cfg.atss_topk))
+    return BatchMatcher(model_cfg.fg_iou_thresh, model_cfg.bg_iou_thresh, allow_low_quality_matches=True)
+
+
 def build_retinanet_loss(model_cfg: Any, box_coder: BoxCoder) -> RetinaNetLoss:
-    """The criterion from the `model` section: its `loss` settings and the matcher's IoU thresholds."""
+    """The criterion from the `model` section: its `loss` settings and its anchor assigner."""
     loss = model_cfg.loss
     if loss.cls not in CLS_LOSSES:
         raise ValueError(f"classification loss must be one of {CLS_LOSSES}, got {loss.cls!r}")
@@ -44,7 +57,7 @@ def build_retinanet_loss(model_cfg: Any, box_coder: BoxCoder) -> RetinaNetLoss:
     if loss.cls == "ohem":
         ohem = OHEMSampler(float(loss.ohem_neg_pos_ratio), int(loss.ohem_budget), float(loss.ohem_nms))
     return RetinaNetLoss(
-        BatchMatcher(model_cfg.fg_iou_thresh, model_cfg.bg_iou_thresh, allow_low_quality_matches=True),
+        build_matcher(model_cfg),
         box_coder,
         alpha=loss.alpha,
         gamma=loss.gamma,

@@ -6,10 +6,14 @@ Per image it equals torchvision's `Matcher(high, low, allow_low_quality_matches=
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 BACKGROUND = -1
 IGNORE = -2
+# RetinaNet's anchor assigners (`model.assigner`): this IoU matcher, or ATSS (detector/models/atss.py)
+ASSIGNERS = ("iou", "atss")
 
 
 def batched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -36,8 +40,16 @@ class BatchMatcher:
         self.low = float(low)
         self.allow_low_quality_matches = allow_low_quality_matches
 
-    def __call__(self, gt_boxes: torch.Tensor, valid: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """Matched ground-truth index per anchor [B, A] (int64): >= 0, BACKGROUND (-1) or IGNORE (-2)."""
+    def __call__(
+        self,
+        gt_boxes: torch.Tensor,
+        valid: torch.Tensor,
+        anchors: torch.Tensor,
+        num_per_level: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Matched ground-truth index per anchor [B, A] (int64): >= 0, BACKGROUND (-1) or IGNORE (-2).
+
+        `num_per_level` (anchors per pyramid level) is unused here; ATSS, with the same call, needs it."""
         batch, num_gt = gt_boxes.shape[:2]
         if num_gt == 0:
             return torch.full((batch, anchors.shape[0]), BACKGROUND, dtype=torch.int64, device=anchors.device)

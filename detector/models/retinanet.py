@@ -157,7 +157,7 @@ class RetinaNet(nn.Module):
             assert targets is not None
             if len(targets) != images.shape[0]:
                 raise ValueError(f"got {len(targets)} targets for {images.shape[0]} images")
-            return self.loss(cls_logits, box_deltas, anchors, targets)
+            return self.loss(cls_logits, box_deltas, anchors, targets, per_level)
         return self.postprocess(cls_logits, box_deltas, anchors, per_level, tuple(images.shape[-2:]))
 
     def candidates(

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from detector.losses.focal import sigmoid_focal_loss
+from detector.models.atss import ATSSMatcher
 from detector.models.box_coder import BoxCoder
 from detector.models.box_loss import box_regression_loss
 from detector.models.matcher import BACKGROUND, IGNORE, BatchMatcher
@@ -142,7 +143,7 @@ class RetinaNetLoss:
 
     def __init__(
         self,
-        matcher: BatchMatcher,
+        matcher: BatchMatcher | ATSSMatcher,
         box_coder: BoxCoder,
         alpha: float | None = 0.25,
         gamma: float = 2.0,
@@ -162,11 +163,17 @@ class RetinaNetLoss:
         self.normalize = normalize
 
     def anchor_labels(
-        self, anchors: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]], num_classes: int
+        self,
+        anchors: torch.Tensor,
+        targets: Sequence[dict[str, torch.Tensor]],
+        num_classes: int,
+        num_per_level: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(labels [B, A]: class 0..C-1 / -1 background / -2 ignore, matches [B, A], padded gt boxes)."""
+        """(labels [B, A]: class 0..C-1 / -1 background / -2 ignore, matches [B, A], padded gt boxes).
+
+        `num_per_level`: anchors per pyramid level (`RetinaNet.head_outputs`); the ATSS matcher needs it."""
         gt_boxes, gt_labels, valid = pad_targets(targets, num_classes, anchors.device)
-        matches = self.matcher(gt_boxes, valid, anchors)
+        matches = self.matcher(gt_boxes, valid, anchors, num_per_level)
         return classification_targets(matches, gt_labels), matches, gt_boxes
 
     def __call__(
@@ -175,10 +182,12 @@ class RetinaNetLoss:
         box_deltas: torch.Tensor,
         anchors: torch.Tensor,
         targets: Sequence[dict[str, torch.Tensor]],
+        num_per_level: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`{"classification", "bbox_regression"}` of logits [B, A, C], deltas [B, A, 4] at anchors [A, 4]."""
+        """`{"classification", "bbox_regression"}` of logits [B, A, C], deltas [B, A, 4] at anchors [A, 4]
+        (`num_per_level` of them per pyramid level; the ATSS matcher needs it)."""
         batch, _, num_classes = cls_logits.shape
-        labels, matches, gt_boxes = self.anchor_labels(anchors, targets, num_classes)
+        labels, matches, gt_boxes = self.anchor_labels(anchors, targets, num_classes, num_per_level)
         foreground = matches >= 0
         if self.ohem is not None:
             labels = self.ohem(cls_logits.detach().reshape(-1, num_classes), labels, anchors)

@@ -174,7 +174,7 @@ def build_from_config(model_cfg, num_classes: int) -> TorchvisionRetinaNet:  # n
     """`TorchvisionRetinaNet` from the `model` config section (`name: torchvision_retinanet`).
 
     Settings torchvision cannot express raise ValueError naming the key: its focal loss is fixed at alpha
-    0.25, gamma 2 (no OHEM), and its smooth-L1 uses beta 1.
+    0.25, gamma 2 (no OHEM), its smooth-L1 uses beta 1, and it matches anchors by IoU (no ATSS).
     """
     loss = model_cfg.loss
     problems = []
@@ -190,6 +190,10 @@ def build_from_config(model_cfg, num_classes: int) -> TorchvisionRetinaNet:  # n
         )
     if loss.box_weight != 1.0:
         problems.append(f"model.loss.box_weight = {loss.box_weight}: torchvision's RetinaNet uses 1.0")
+    if getattr(model_cfg, "assigner", "iou") != "iou":
+        problems.append(
+            f"model.assigner = {model_cfg.assigner}: torchvision's RetinaNet matches by IoU only (set iou)"
+        )
     if list(model_cfg.box_coder_weights) != [1.0, 1.0, 1.0, 1.0]:
         problems.append("model.box_coder_weights: torchvision's RetinaNet uses [1, 1, 1, 1]")
     if problems:

@@ -25,8 +25,8 @@ def anchor_logits_and_labels(
 
     if not isinstance(model, RetinaNet):
         raise ValueError(f"per-anchor losses and scores need our RetinaNet, got {type(model).__name__}")
-    cls_logits, _, anchors, _ = model.head_outputs(images)
-    labels = model.loss.anchor_labels(anchors, targets, model.num_classes)[0]
+    cls_logits, _, anchors, per_level = model.head_outputs(images)
+    labels = model.loss.anchor_labels(anchors, targets, model.num_classes, per_level)[0]
     return cls_logits.reshape(-1, cls_logits.shape[-1]).float(), labels.reshape(-1)
 
 
