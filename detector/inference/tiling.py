@@ -446,7 +446,11 @@ class TiledCollector:
         dataset = getattr(loader, "dataset", None)
         self.tiled = needs_tiled_collection(dataset, self.model_size, self.settings.tile)
         if not self.tiled:
-            return collect_predictions(model, loader, tta=self.tta)
+            return (
+                collect_predictions(model, loader, tta=self.tta)
+                if self.tta
+                else collect_predictions(model, loader)
+            )
         return collect_tiled(self.predict_batch, dataset, self.model_size, self.settings)
 
     def describe(self) -> dict[str, Any]:
