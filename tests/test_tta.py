@@ -286,6 +286,7 @@ def _load_tool(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_eval_and_infer_tools_take_tta(tiny_voc, tmp_path, capsys):
     from tiny_weights import write_tiny_weights
 
@@ -294,14 +295,24 @@ def test_eval_and_infer_tools_take_tta(tiny_voc, tmp_path, capsys):
     common = ["--weights", str(weights), "--fps-iters", "0", f"data.root={root}", "data.test_split=val"]
     common += ["data.workers=0", "data.batch_size=2"]
     reports = {}
-    for tta in ("", "hflip,vflip"):
-        out = tmp_path / f"eval_{tta or 'off'}" / "results.json"
-        assert _load_tool("eval").main([*common, "--out", str(out), "--tta", tta]) == 0
-        reports[tta] = json.loads(out.read_text())
-    assert reports[""]["tta"] == [] and reports["hflip,vflip"]["tta"] == ["hflip", "vflip"]
-    assert reports[""]["num_images"] == reports["hflip,vflip"]["num_images"] == 2
+    runs = {  # --tta replaces the config's eval.tta; without --tta the config's applies
+        "off": ["--tta", "", "eval.tta=[hflip]"],
+        "flag": ["--tta", "hflip,vflip"],
+        "config": ["eval.tta=[hflip,vflip]"],
+    }
+    for name, extra in runs.items():
+        out = tmp_path / f"eval_{name}" / "results.json"
+        assert _load_tool("eval").main([*common, "--out", str(out), *extra]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert "test-time flips  hflip, vflip" in capsys.readouterr().out
+    assert reports["off"]["tta"] == [] and reports["flag"]["tta"] == reports["config"]["tta"] == [
+        "hflip",
+        "vflip",
+    ]
+    assert reports["off"]["num_images"] == reports["flag"]["num_images"] == 2
     dets = {k: [c["num_det"] for c in r["voc"]["per_class"]] for k, r in reports.items()}
-    assert dets[""] != dets["hflip,vflip"]  # the flipped views add detections the original NMS lacked
+    assert dets["off"] != dets["flag"] == dets["config"]  # the flipped views add detections
+    assert reports["flag"]["voc"] == reports["config"]["voc"]
     out = tmp_path / "infer"
     images = str(root / "JPEGImages")
     assert (
@@ -312,6 +323,16 @@ def test_eval_and_infer_tools_take_tta(tiny_voc, tmp_path, capsys):
     )
     assert len(json.loads((out / "detections.json").read_text())) > 0
     capsys.readouterr()
+
+
+def test_a_bad_eval_tta_in_the_config_names_the_key():
+    from detector.config import ConfigError
+
+    assert load_config(None, ["eval.tta=[vflip,hflip]"]).eval.tta == ["vflip", "hflip"]
+    with pytest.raises(
+        ConfigError, match=r"eval.tta = \['rot90'\]: expected a list of hflip, vflip or hvflip"
+    ):
+        load_config(None, ["eval.tta=[rot90]"])
 
 
 @pytest.mark.parametrize("tool", ["eval", "infer"])

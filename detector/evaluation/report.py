@@ -81,7 +81,7 @@ def evaluate_split(
     split: str | None = None,
     fps_iters: int = 10,
     collect: Any = None,
-    tta: Sequence[str] = (),
+    tta: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate on `split` (default `data.test_split`): (JSON-ready report, `voc_ap` area result).
 
@@ -94,8 +94,8 @@ def evaluate_split(
     area result carries `details` (match records at `eval.iou`, image ids and files) for the report page.
     `collect(model, loader) -> (ids, detections, ground truths)` replaces `collect_predictions` (tiled
     prediction of full-size images: `detector.inference.tiling.TiledCollector`, which then takes the same
-    `tta`). `tta`: flip test-time augmentation ("hflip", "vflip", "hvflip"; empty: off), recorded in the
-    report as `tta`; FPS is measured without it.
+    `tta`). `tta`: flip test-time augmentation ("hflip", "vflip", "hvflip"; empty: off; None: `eval.tta`),
+    recorded in the report as `tta`; FPS is measured without it.
     """
     from functools import partial
 
@@ -110,7 +110,7 @@ def evaluate_split(
     dm = DetectionDataModule(data_cfg, seed=cfg.train.seed, class_names=class_names)  # refuses other classes
     dm.setup("test")
     loader = dm.test_dataloader()
-    tta = parse_tta(tta)
+    tta = parse_tta(cfg.eval.tta if tta is None else tta)
     if collect is None:
         collect = partial(collect_predictions, tta=tta)
     elif tuple(getattr(collect, "tta", ())) != tta:
