@@ -235,6 +235,25 @@ def test_retinanet_merges_the_candidates_of_both_views_before_nms():
     assert torch.equal(got["scores"], s[kept]) and torch.equal(got["labels"], c[kept])
 
 
+def test_merge_settings_of_every_model_kind():
+    from detector.inference.tta import merge_settings
+
+    cfg = load_config(
+        None,
+        [
+            *TINY_MODEL,
+            "model.name=torchvision_retinanet",
+            "model.loss.box=l1",
+            "model.nms_thresh=0.4",
+            "model.detections_per_img=7",
+        ],
+    )
+    assert merge_settings(build_model(cfg.model, 2)) == (0.4, 7)
+    assert merge_settings(tiny_retinanet()) == (0.5, 40)
+    with pytest.raises(ValueError, match="--tta needs the model's NMS settings; a Linear has none"):
+        merge_settings(torch.nn.Linear(1, 1))
+
+
 def test_faster_rcnn_runs_through_the_post_nms_merge():
     from detector.config import ModelConfig
 

@@ -128,9 +128,11 @@ def tta_detect(
 
 
 def merge_settings(model: torch.nn.Module) -> tuple[float, int]:
-    """(NMS IoU, detections kept per image) of a detector: its own, or an ONNX export's stored config."""
-    if hasattr(model, "nms_thresh") and hasattr(model, "detections_per_img"):
-        return float(model.nms_thresh), int(model.detections_per_img)
+    """(NMS IoU, detections kept per image) of a detector: its own (torchvision's RetinaNet: its inner
+    detector's), or an ONNX export's stored config."""
+    for source in (model, getattr(model, "detector", None)):  # ours, Faster R-CNN; torchvision's RetinaNet
+        if hasattr(source, "nms_thresh") and hasattr(source, "detections_per_img"):
+            return float(source.nms_thresh), int(source.detections_per_img)
     if hasattr(model, "config"):  # OnnxDetector: post-processing in the graph, its settings in the config
         m = model.config().model
         return float(m.nms_thresh), int(m.detections_per_img)
