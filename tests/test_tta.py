@@ -274,6 +274,20 @@ def test_faster_rcnn_runs_through_the_post_nms_merge():
     assert bool((merged["scores"][:-1] >= merged["scores"][1:]).all())
 
 
+def test_tiles_of_a_large_image_are_flipped_each():
+    """Tiled prediction with TTA: every tile is predicted with its flips, then merged over the image."""
+    from detector.inference.tiling import TileSettings, batch_predictor, predict_image
+
+    model = tiny_retinanet()
+    img = image(150, 200, seed=12)
+    settings = TileSettings(tile=64, overlap=0.25, batch_size=4, progress=False)
+    plain = predict_image(batch_predictor(model, SIZE), img, SIZE, settings)
+    merged = predict_image(batch_predictor(model, SIZE, ("hflip",)), img, SIZE, settings)
+    assert len(merged["scores"]) > 0 and not torch.equal(merged["boxes"], plain["boxes"])
+    assert float(merged["boxes"][:, 2].max()) <= 200 and float(merged["boxes"][:, 3].max()) <= 150
+    assert float(merged["scores"].max()) >= float(plain["scores"].max())
+
+
 # ------------------------------------------------------------------------------------------------- off
 
 
