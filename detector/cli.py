@@ -290,6 +290,8 @@ def print_eval_report(report: dict) -> None:
         ("model", f"{report['model']} / {report['backbone']} @ {report['size']} px"),
         ("parameters", f"{report['params']:,}"),
     ]
+    if report.get("tta"):
+        rows.append(("test-time flips", f"{', '.join(report['tta'])} (FPS without them)"))
     for name, stats in report.get("speed", {}).items():
         if isinstance(stats, dict):
             rows.append(

@@ -177,6 +177,9 @@ class EvalConfig:
 
     iou: float = 0.5  # a detection matches a ground truth when IoU is above this (0.4 is DeepForest's)
     score: float = 0.3  # detections scoring at least this count (the demo draws at 0.3 too)
+    # flip test-time augmentation of evaluation and prediction (detector.inference.tta): [] off, or any of
+    # hflip, vflip, hvflip; the tools' --tta replaces it
+    tta: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -202,6 +205,7 @@ def _validate(cfg: Config) -> None:
         valid_crop_scale,
         valid_mosaic,
     )
+    from detector.inference.tta import TTA_FLIPS
     from detector.models.box_loss import BOX_LOSSES
     from detector.models.fpn import P6_SOURCES
     from detector.models.matcher import ASSIGNERS
@@ -253,6 +257,7 @@ def _validate(cfg: Config) -> None:
         ),
         (0.0 < cfg.eval.iou < 1.0, "eval.iou", "an IoU in (0, 1)"),
         (0.0 <= cfg.eval.score <= 1.0, "eval.score", "a score in [0, 1]"),
+        (all(t in TTA_FLIPS for t in cfg.eval.tta), "eval.tta", f"a list of {one_of(TTA_FLIPS)} ([]: off)"),
     ]
     for ok, key, expected in checks:
         if not ok:

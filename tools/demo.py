@@ -94,7 +94,7 @@ def draw_examples(model, cfg, class_names, folder: Path, score: float, count: in
     written = []
     for rec in records:
         image = read_image(rec.image_path)
-        det = predict(model, [image], cfg.data.size)[0]
+        det = predict(model, [image], cfg.data.size, tta=tuple(cfg.eval.tta))[0]
         drawn = draw_detections(
             image, det["boxes"], det["labels"], det["scores"], class_names, score_threshold=score
         )

@@ -9,7 +9,10 @@ recall and F1 (at IoU 0.4, 0.5 and `eval.iou`, score `eval.score`) and the F1-ma
 model always comes from the weights file; `--config` (its data section) and overrides change data and
 evaluation settings (`model.score_thresh=...` and the other post-processing keys apply to the loaded model).
 `--weights model.onnx` (from tools/export_onnx.py) evaluates the exported graph through onnxruntime on the
-CPU, with the config and input size stored in it.
+CPU, with the config and input size stored in it. `--tta hflip,vflip` (default: the config's `eval.tta`)
+adds flip test-time augmentation (hflip, vflip, hvflip): each flipped copy's detections are mirrored back and
+merged with the original's by one NMS at `model.nms_thresh` (for our RetinaNet over the pre-NMS candidates of
+every view); FPS is measured without it.
 """
 
 from __future__ import annotations
@@ -39,10 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         "--tile", type=int, help="tile side in px (default: the model size, for images over twice it; 0: off)"
     )
     parser.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    parser.add_argument(
+        "--tta",
+        type=cli.comma_list(str, allow_empty=True),
+        help="flip test-time augmentation, a comma list of hflip, vflip, hvflip ('': off; default: eval.tta, "
+        "off unless the config sets it): flipped copies' detections merged by one NMS at model.nms_thresh",
+    )
     return cli.run(parser, evaluate, argv, validate=check)
 
 
 def check(args) -> None:  # noqa: ANN001
+    from detector.inference.tta import parse_tta
+
+    args.tta = None if args.tta is None else parse_tta(args.tta)  # None: the config's eval.tta
     if args.fps_iters < 0:
         raise ValueError(f"--fps-iters must be >= 0, got {args.fps_iters}")
     if args.report_images < 1:
@@ -62,9 +74,11 @@ def evaluate(args, cfg) -> int:  # noqa: ANN001
         )
     settings = TileSettings(args.tile, args.overlap, max(1, int(cfg.data.batch_size)), cfg.model.nms_thresh)
     settings.check()
-    collect = TiledCollector(batch_predictor(model, cfg.data.size), cfg.data.size, settings)
+    tta = tuple(cfg.eval.tta) if args.tta is None else args.tta
+    predict_batch = batch_predictor(model, cfg.data.size, tta)
+    collect = TiledCollector(predict_batch, cfg.data.size, settings, tta=tta)
     report, voc_result = evaluate_split(
-        model, cfg, class_names, args.split, fps_iters=args.fps_iters, collect=collect
+        model, cfg, class_names, args.split, fps_iters=args.fps_iters, collect=collect, tta=tta
     )
     report["tiling"] = collect.describe()
     if onnx:

@@ -6,7 +6,9 @@ letterboxes at 512). Large images run by tiles (`--tile N`, `--overlap F`; autom
 input size, `--tile 0` turns it off), merged over the whole image. A georeferenced GeoTIFF also gets
 `<stem>.geojson` (box polygons in its CRS; needs `pip install 'focaldet[geo]'`). `--weights model.onnx`
 (from tools/export_onnx.py) runs the exported graph through onnxruntime on the CPU instead of PyTorch, with
-the same outputs; needs `pip install 'focaldet[onnx]'`.
+the same outputs; needs `pip install 'focaldet[onnx]'`. `--tta hflip,vflip` (also hvflip; default: the
+config's `eval.tta`) merges the detections of flipped copies of each image (or tile) with one NMS at
+`model.nms_thresh`.
 Writes each image with its detections drawn (class name and score) and one COCO-results JSON
 (`detections.json`: image_id = file stem, category_id 1..C, bbox xywh in original pixels). A file that is not
 a readable image is reported and skipped; the others still run.
@@ -32,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         "--tile", type=int, help="tile side in px (default: the model size, for images over twice it; 0: off)"
     )
     parser.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    parser.add_argument(
+        "--tta",
+        type=cli.comma_list(str, allow_empty=True),
+        help="flip test-time augmentation, a comma list of hflip, vflip, hvflip ('': off; default: eval.tta, "
+        "off unless the config sets it): flipped copies' detections merged by one NMS at model.nms_thresh",
+    )
     parser.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no per-image progress bar on stderr")
     parser.add_argument("--max-pixels", type=int, help="largest image to decode, in pixels (0: no limit)")
@@ -39,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check(args) -> None:  # noqa: ANN001
+    from detector.inference.tta import parse_tta
+
+    args.tta = None if args.tta is None else parse_tta(args.tta)  # None: the config's eval.tta
     if not 0.0 <= args.score <= 1.0:
         raise ValueError(f"--score must be in [0, 1], got {args.score}")
 
@@ -58,7 +69,7 @@ def infer(args, cfg) -> int:  # noqa: ANN001
         raise ValueError(
             f"{args.weights} was exported for data.size={stored.data.size}, got data.size={size}"
         )
-    predict_batch = batch_predictor(model, size)
+    predict_batch = batch_predictor(model, size, tuple(cfg.eval.tta) if args.tta is None else args.tta)
     progress = False if args.no_progress else None
     settings = TileSettings(args.tile, args.overlap, args.tile_batch, cfg.model.nms_thresh, progress=progress)
     settings.check()

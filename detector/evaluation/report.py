@@ -26,12 +26,15 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 @torch.inference_mode()
 def collect_predictions(
-    model: torch.nn.Module, loader: Any
+    model: torch.nn.Module, loader: Any, tta: Sequence[str] = ()
 ) -> tuple[list[str], list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
     """Run the model over an eval loader: (image ids, detections, ground truths), all in original pixels.
 
-    Ground truth comes from the loader's dataset annotation records when it has them.
+    Ground truth comes from the loader's dataset annotation records when it has them. `tta` (flips, empty:
+    off) merges flipped copies of each batch (`detector.inference.tta.tta_detect`).
     """
+    from detector.inference.tta import tta_detect
+
     by_id = ground_truth_from_dataset(getattr(loader, "dataset", None))
     device = next(model.parameters()).device
     model.eval()
@@ -39,7 +42,8 @@ def collect_predictions(
     dets: list[dict[str, np.ndarray]] = []
     gts: list[dict[str, np.ndarray]] = []
     for images, targets in loader:
-        outputs = model(images.to(device))
+        images = images.to(device)
+        outputs = tta_detect(model, images, targets, tta) if tta else model(images)
         dets.extend(detections_to_original(outputs, targets))
         gts.extend(ground_truths_for(targets, by_id))
         ids.extend(str(t["image_id"]) for t in targets)
@@ -77,6 +81,7 @@ def evaluate_split(
     split: str | None = None,
     fps_iters: int = 10,
     collect: Any = None,
+    tta: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate on `split` (default `data.test_split`): (JSON-ready report, `voc_ap` area result).
 
@@ -88,19 +93,30 @@ def evaluate_split(
     ("0.4", "0.5" and `eval.iou`), precision / recall / F1 at `eval.score` and the best-F1 threshold. The
     area result carries `details` (match records at `eval.iou`, image ids and files) for the report page.
     `collect(model, loader) -> (ids, detections, ground truths)` replaces `collect_predictions` (tiled
-    prediction of full-size images: `detector.inference.tiling.TiledCollector`).
+    prediction of full-size images: `detector.inference.tiling.TiledCollector`, which then takes the same
+    `tta`). `tta`: flip test-time augmentation ("hflip", "vflip", "hvflip"; empty: off; None: `eval.tta`),
+    recorded in the report as `tta`; FPS is measured without it.
     """
+    from functools import partial
+
     from detector.data.datamodule import DetectionDataModule
     from detector.evaluation.coco import coco_ap
     from detector.evaluation.matching import iou_key, prf_by_iou
     from detector.evaluation.voc import voc_ap
+    from detector.inference.tta import parse_tta
 
     split = split or cfg.data.test_split
     data_cfg = replace_section(cfg, "data", test_split=split).data
     dm = DetectionDataModule(data_cfg, seed=cfg.train.seed, class_names=class_names)  # refuses other classes
     dm.setup("test")
     loader = dm.test_dataloader()
-    ids, dets, gts = (collect or collect_predictions)(model, loader)
+    tta = parse_tta(cfg.eval.tta if tta is None else tta)
+    if collect is None:
+        collect = partial(collect_predictions, tta=tta)
+    elif tuple(getattr(collect, "tta", ())) != tta:
+        applied = list(getattr(collect, "tta", ()))
+        raise ValueError(f"evaluate_split: tta={list(tta)} but the collect function applies {applied}")
+    ids, dets, gts = collect(model, loader)
     n_cls = len(class_names)
     area = voc_ap(dets, gts, 0.5, use_07_metric=False, num_classes=n_cls)
     p11 = voc_ap(dets, gts, 0.5, use_07_metric=True, num_classes=n_cls)
@@ -128,6 +144,7 @@ def evaluate_split(
         "model": cfg.model.name,
         "backbone": cfg.model.backbone.name,
         "params": count_parameters(model),
+        "tta": list(tta),
         "voc": {
             "map": _finite_or_none(area["map"]),
             "map_07": _finite_or_none(p11["map"]),

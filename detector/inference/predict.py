@@ -106,15 +106,25 @@ def letterbox_batch(images: Sequence[torch.Tensor], size: int) -> tuple[torch.Te
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, images: Sequence[torch.Tensor], size: int, batch_size: int = 4
+    model: torch.nn.Module,
+    images: Sequence[torch.Tensor],
+    size: int,
+    batch_size: int = 4,
+    tta: Sequence[str] = (),
 ) -> list[dict[str, torch.Tensor]]:
-    """Detections for uint8 images of any size, in each image's original pixel coordinates (on the CPU)."""
+    """Detections for uint8 images of any size, in each image's original pixel coordinates (on the CPU).
+
+    `tta` ("hflip", "vflip", "hvflip"; empty: off) merges the flipped copies' detections
+    (`detector.inference.tta.tta_detect`).
+    """
+    from detector.inference.tta import tta_detect
+
     device = next(model.parameters()).device
     model.eval()
     results: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(images), batch_size):
         batch, metas = letterbox_batch(images[start : start + batch_size], size)
-        outputs = model(batch.to(device))
+        outputs = tta_detect(model, batch.to(device), metas, tta) if tta else model(batch.to(device))
         for out, meta in zip(outputs, metas, strict=True):
             boxes = boxes_to_original(
                 out["boxes"].float().cpu(), meta["scale"], meta["pad"], meta["orig_size"]

@@ -329,12 +329,14 @@ def predict_tiled(
     )
 
 
-def batch_predictor(model: torch.nn.Module, size: int) -> PredictBatch:
+def batch_predictor(model: torch.nn.Module, size: int, tta: Sequence[str] = ()) -> PredictBatch:
     """`predict_batch` for a detector (PyTorch, or the ONNX runtime's `OnnxDetector` at its exported size):
-    tiles letterboxed to `size`, one forward for the batch (a batch-1 ONNX export runs tile by tile)."""
+    tiles letterboxed to `size`, one forward for the batch (a batch-1 ONNX export runs tile by tile);
+    `tta`: flip test-time augmentation of each tile (`detector.inference.tta`)."""
     from detector.inference.predict import predict
 
-    return lambda tiles: predict(model, tiles, size, batch_size=max(1, len(tiles)))
+    tta = tuple(tta)
+    return lambda tiles: predict(model, tiles, size, batch_size=max(1, len(tiles)), tta=tta)
 
 
 def predict_image(
@@ -425,11 +427,15 @@ class TiledCollector:
     """`collect(model, loader)` for `inference.evaluate_split`: tiled prediction on each full image when some
     image of the loader's dataset needs tiles, else the usual batched letterbox path (unchanged numbers).
 
-    After a call, `tiled` says which path ran; `describe()` is the JSON-ready record of the settings.
+    After a call, `tiled` says which path ran; `describe()` is the JSON-ready record of the settings. With
+    `tta`, give it a `batch_predictor(model, size, tta)` of the same flips.
     """
 
-    def __init__(self, predict_batch: PredictBatch, model_size: int, settings: TileSettings) -> None:
+    def __init__(
+        self, predict_batch: PredictBatch, model_size: int, settings: TileSettings, tta: Sequence[str] = ()
+    ) -> None:
         self.predict_batch, self.model_size, self.settings = predict_batch, int(model_size), settings
+        self.tta = tuple(tta)  # the flips of the letterbox path; `predict_batch` must apply the same
         self.tiled = False
 
     def __call__(
@@ -440,7 +446,11 @@ class TiledCollector:
         dataset = getattr(loader, "dataset", None)
         self.tiled = needs_tiled_collection(dataset, self.model_size, self.settings.tile)
         if not self.tiled:
-            return collect_predictions(model, loader)
+            return (
+                collect_predictions(model, loader, tta=self.tta)
+                if self.tta
+                else collect_predictions(model, loader)
+            )
         return collect_tiled(self.predict_batch, dataset, self.model_size, self.settings)
 
     def describe(self) -> dict[str, Any]:
