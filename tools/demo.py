@@ -73,6 +73,7 @@ def demo(args, cfg) -> int:  # noqa: ANN001
     cli.print_table(
         "demo",
         [
+            (f"VOC AP50, {cfg.data.test_split} split", cli.fmt_metric(report["voc"]["map"])),
             *timings,
             ("results", str(eval_dir / "results.json")),
             ("report page", str(page) if page else "not written (see the warning above)"),

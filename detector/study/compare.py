@@ -54,7 +54,7 @@ def variants(retinanet_config: str, faster_rcnn_config: str) -> list:
             "torchvision_retinanet",
             "RetinaNet, torchvision (256x4 head)",
             retinanet_config,
-            (*PAPER_HEAD, "model.name=torchvision_retinanet"),
+            (*PAPER_HEAD, "model.name=torchvision_retinanet", "model.assigner=iou"),  # it matches by IoU only
         ),
         Variant("faster_rcnn", "Faster R-CNN, torchvision", faster_rcnn_config),
     ]
