@@ -74,6 +74,7 @@ def run_variant(plan: TunePlan) -> dict[str, Any]:
     """Train (or take back) the variant for every seed, score it on validation (and test when asked) and
     record it in `<out>/accuracy.json`; returns the record."""
     from detector.inference.predict import set_detection_settings
+    from detector.weights import read_metadata
 
     record: dict[str, Any] = {
         "name": plan.name,
@@ -92,9 +93,9 @@ def run_variant(plan: TunePlan) -> dict[str, Any]:
                 raise FileNotFoundError(f"{weights}: --base {plan.base} has no weights for seed {seed}")
             trained = load_variant(plan.name, weights, plan.overrides)
             set_detection_settings(trained.model, trained.cfg.model)
-            base_seed = _recorded(plan.out).get(plan.base, {}).get("seeds", {}).get(str(seed), {})
-            trained.fit_seconds = base_seed.get("train_seconds")
-            trained.steps = base_seed.get("steps")
+            meta = read_metadata(weights)  # the training time and steps the weights were exported with
+            trained.fit_seconds = float(meta["train_seconds"]) if meta.get("train_seconds") else None
+            trained.steps = int(meta["global_step"]) if meta.get("global_step") else None
         else:
             variant = Variant(plan.name, plan.name, plan.config, tuple(plan.overrides))
             cfg = study_config(variant, (), plan.work_dir, seed=seed, tag=f"s{seed}")
