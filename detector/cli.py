@@ -134,6 +134,20 @@ class ToolParser(argparse.ArgumentParser):
         return args
 
 
+def add_prediction_options(parser: argparse.ArgumentParser) -> None:
+    """`--tile`, `--overlap` and `--tta`: how the predicting tools (eval, infer) cut large images and flip."""
+    parser.add_argument(
+        "--tile", type=int, help="tile side in px (default: the model size, for images over twice it; 0: off)"
+    )
+    parser.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    parser.add_argument(
+        "--tta",
+        type=comma_list(str, allow_empty=True),
+        help="flip test-time augmentation, a comma list of hflip, vflip, hvflip ('': off; default: eval.tta, "
+        "off unless the config sets it): flipped copies' detections merged by one NMS at model.nms_thresh",
+    )
+
+
 def tool_config(args: argparse.Namespace, default_config: str | None = DEFAULT_CONFIG) -> Any:
     """The tool's config: `--config`, else the config stored in `--resume` / `--weights`, else the default
     (None: the typed defaults); then the overrides. With weights and `--config`, the model stays the file's

@@ -38,16 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-images", type=int, default=200, help="gallery of --report: the worst N images (default 200)"
     )
-    parser.add_argument(
-        "--tile", type=int, help="tile side in px (default: the model size, for images over twice it; 0: off)"
-    )
-    parser.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
-    parser.add_argument(
-        "--tta",
-        type=cli.comma_list(str, allow_empty=True),
-        help="flip test-time augmentation, a comma list of hflip, vflip, hvflip ('': off; default: eval.tta, "
-        "off unless the config sets it): flipped copies' detections merged by one NMS at model.nms_thresh",
-    )
+    cli.add_prediction_options(parser)
     return cli.run(parser, evaluate, argv, validate=check)
 
 

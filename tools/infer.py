@@ -30,16 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--score", type=float, default=0.3, help="minimum score to keep and draw (default 0.3)"
     )
-    parser.add_argument(
-        "--tile", type=int, help="tile side in px (default: the model size, for images over twice it; 0: off)"
-    )
-    parser.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
-    parser.add_argument(
-        "--tta",
-        type=cli.comma_list(str, allow_empty=True),
-        help="flip test-time augmentation, a comma list of hflip, vflip, hvflip ('': off; default: eval.tta, "
-        "off unless the config sets it): flipped copies' detections merged by one NMS at model.nms_thresh",
-    )
+    cli.add_prediction_options(parser)
     parser.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no per-image progress bar on stderr")
     parser.add_argument("--max-pixels", type=int, help="largest image to decode, in pixels (0: no limit)")
