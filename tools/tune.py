@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_base(args) -> None:  # noqa: ANN001
-    from detector.study.tune import eval_only_overrides
+    from detector.study.tune import training_overrides
 
-    if args.base and eval_only_overrides(args.overrides):
+    if args.base and training_overrides(args.overrides):
         raise ValueError(
             "--base re-scores trained weights, so only post-processing overrides apply; got "
-            + " ".join(eval_only_overrides(args.overrides))
+            + " ".join(training_overrides(args.overrides))
         )
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from detector.study.ablation import seed_summary
 from detector.study.runs import TrainedModel, Variant, load_variant, study_config, train_variant
 
-__all__ = ["TunePlan", "eval_only_overrides", "render_accuracy", "run_variant", "score"]
+__all__ = ["TunePlan", "training_overrides", "render_accuracy", "run_variant", "score"]
 
 # Post-processing keys: a variant that changes only these re-scores a recorded variant's weights (`--base`).
 EVAL_ONLY_PREFIXES = (
@@ -43,10 +43,9 @@ class TunePlan:
     base: str | None = None  # re-score this recorded variant's weights with eval-only overrides
     test: bool = False
     tta: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def eval_only_overrides(overrides: Sequence[str]) -> list[str]:
+def training_overrides(overrides: Sequence[str]) -> list[str]:
     """The overrides that are not post-processing (empty: the variant can re-score another's weights)."""
     return [o for o in overrides if not o.split("=", 1)[0].startswith(EVAL_ONLY_PREFIXES)]
 
