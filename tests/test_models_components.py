@@ -73,8 +73,11 @@ def test_batched_iou_equals_torchvision() -> None:
     gt, anchors = random_boxes(21, 200, gen).view(3, 7, 4), random_boxes(300, 200, gen)
     iou = batched_box_iou(gt, anchors)
     assert iou.shape == (3, 7, 300)
+    per_image = random_boxes(900, 200, gen).view(3, 300, 4)  # ATSS's form: anchors per image
+    iou_per_image = batched_box_iou(gt, per_image)
     for b in range(3):
         assert torch.equal(iou[b], box_iou(gt[b], anchors))
+        assert torch.equal(iou_per_image[b], box_iou(gt[b], per_image[b]))
 
 
 def test_matcher_equals_torchvision_per_image() -> None:

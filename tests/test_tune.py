@@ -80,3 +80,22 @@ def test_base_takes_only_post_processing_overrides(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "only post-processing overrides apply; got train.lr=0.1" in err
+
+
+def test_concurrent_tune_processes_keep_each_others_records(tmp_path):
+    """Two processes recording 100 variants each into one accuracy.json at the same time: all 200 survive."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time; from pathlib import Path; from detector.study.tune import _record\n"
+        "out, tag = Path(sys.argv[1]), sys.argv[2]\n"
+        "(out / f'ready_{tag}').touch()\n"
+        "while len(list(out.glob('ready_*'))) < 2: time.sleep(0.001)\n"  # both imported: start together
+        "for i in range(100): _record(out, f'{tag}{i}', {'i': i, 'pad': 'x' * 2000})\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), tag]) for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    recorded = json.loads((tmp_path / "accuracy.json").read_text())
+    assert sorted(recorded) == sorted(f"{tag}{i}" for tag in "ab" for i in range(100))
+    assert all(recorded[f"b{i}"]["i"] == i for i in range(100))

@@ -17,16 +17,20 @@ ASSIGNERS = ("iou", "atss")
 
 
 def batched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU [B, G, A] of boxes1 [B, G, 4] against boxes2 [A, 4] or [B, A, 4] (torchvision's arithmetic)."""
+    """IoU [B, G, A] of boxes1 [B, G, 4] against boxes2 [A, 4] or [B, A, 4], bit for bit torchvision's.
+
+    Each coordinate is broadcast as its own [B, G, 1] against [B, 1, A] plane: a [..., 2]-wide inner dimension
+    (torchvision's `lt`/`rb`) makes every max/min a 2-element inner loop, 4-5x slower on the CPU."""
     if boxes2.dim() == 2:
         boxes2 = boxes2.unsqueeze(0)
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    lt = torch.max(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
-    rb = torch.min(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, :, None] + area2[:, None, :] - inter
+    x1a, y1a, x2a, y2a = (t.unsqueeze(2) for t in boxes1.unbind(-1))  # [B, G, 1] each
+    x1b, y1b, x2b, y2b = boxes2.transpose(1, 2).contiguous().unsqueeze(1).unbind(2)  # [B, 1, A] each
+    area1 = (x2a - x1a) * (y2a - y1a)
+    area2 = (x2b - x1b) * (y2b - y1b)
+    w = (torch.minimum(x2a, x2b) - torch.maximum(x1a, x1b)).clamp(min=0)
+    h = (torch.minimum(y2a, y2b) - torch.maximum(y1a, y1b)).clamp(min=0)
+    inter = w * h
+    union = area1 + area2 - inter
     return inter / union
 
 

@@ -6,6 +6,7 @@ confirming a winner chosen on validation.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detector.atomic import atomic_open
 from detector.study.ablation import seed_summary
 from detector.study.runs import TrainedModel, Variant, load_variant, study_config, train_variant
 
@@ -113,11 +115,20 @@ def run_variant(plan: TunePlan) -> dict[str, Any]:
         values = [s[split]["ap50"] for s in record["seeds"].values() if split in s]
         if values:
             record[f"{split}_ap50"] = seed_summary(values)
-    recorded = _recorded(plan.out)
-    recorded[plan.name] = record
-    plan.out.mkdir(parents=True, exist_ok=True)
-    (plan.out / "accuracy.json").write_text(json.dumps(recorded, indent=1) + "\n")
+    _record(plan.out, plan.name, record)
     return record
+
+
+def _record(out: Path, name: str, record: dict[str, Any]) -> None:
+    """Store one variant's record in `<out>/accuracy.json`: read, update and atomic replace under an exclusive
+    lock, so tune processes finishing at the same moment keep each other's records."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".accuracy.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        recorded = _recorded(out)
+        recorded[name] = record
+        with atomic_open(out / "accuracy.json") as fh:
+            fh.write((json.dumps(recorded, indent=1) + "\n").encode())
 
 
 def _recorded(out: Path) -> dict[str, Any]:
