@@ -243,7 +243,7 @@ def test_retinanet_trains_with_atss_and_the_study_labels_are_atss(monkeypatch) -
     assert int((labels == -2).sum()) == 0 and int((labels >= 0).sum()) >= 2  # no ignore band in ATSS
 
 
-def test_bench_matcher_runs_both_assigners(capsys) -> None:
+def test_bench_matcher_runs_both_assigners_and_the_reference(capsys) -> None:
     import importlib.util
     from pathlib import Path
 
@@ -255,4 +255,4 @@ def test_bench_matcher_runs_both_assigners(capsys) -> None:
         tool.main(["--size", "128", "--batch", "2", "--boxes", "3", "--repeats", "1", "--threads", "1"]) == 0
     )
     out = capsys.readouterr().out
-    assert "atss / iou" in out and "load at start" in out and "3069 anchors" in out
+    assert "atss / iou" in out and "iou speed-up" in out and "load at start" in out and "3069 anchors" in out

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Time RetinaNet's two anchor assigners side by side in one process: the IoU matcher (`model.assigner=iou`,
-the default and the reference) and ATSS (`model.assigner=atss`), on one padded batch of random crown-sized
-boxes (20-80 px) over the trees config's anchor grid (P3-P7, 9 anchors per location) at --size.
+"""Time RetinaNet's two anchor assigners side by side in one process: the batched IoU matcher
+(`model.assigner=iou`, the default), ATSS (`model.assigner=atss`) and the reference, torchvision's
+`Matcher(0.5, 0.4, allow_low_quality_matches=True)` on `box_iou`, image by image (what torchvision's RetinaNet
+runs), on one padded batch of random crown-sized boxes (20-80 px) over the trees config's anchor grid (P3-P7,
+9 anchors per location) at --size. The IoU matcher's output is checked equal to the reference's first.
 
-Medians of --repeats calls after warm-up, the two interleaved round-robin so that load changes on a shared
-machine hit both alike; prints the ratio ATSS / IoU per box count, the machine and its load average at start
-and end (a loaded machine inflates both; the ratio is what to read then). Usage:
+Medians of --repeats calls after warm-up, the three interleaved round-robin so that load changes on a shared
+machine hit all alike; prints per box count the IoU matcher's speed-up over torchvision and ATSS / IoU, the
+machine and its load average at start and end (a loaded machine inflates all; read the ratios then). Usage:
   python tools/bench_matcher.py --boxes 15,60 --json runs/bench_matcher.json
 """
 
@@ -59,7 +61,16 @@ def bench(args) -> int:  # noqa: ANN001
     a = AnchorConfig()
     grid = AnchorGrid([16.0, 32.0, 64.0, 128.0, 256.0], a.scales, a.ratios)  # the trees config's anchors
     anchors, per_level = grid.grid((args.size, args.size), pyramid_grid_sizes(args.size), device)
-    matchers = {"iou": BatchMatcher(0.5, 0.4), "atss": ATSSMatcher(args.topk)}
+    from torchvision.models.detection._utils import Matcher
+    from torchvision.ops import box_iou
+
+    reference = Matcher(0.5, 0.4, allow_low_quality_matches=True)
+
+    def torchvision_matcher(gt, valid, anchors, per_level):  # noqa: ANN001, ANN202
+        return torch.stack([reference(box_iou(gt[b][valid[b]], anchors)) for b in range(gt.shape[0])])
+
+    iou_matcher = BatchMatcher(0.5, 0.4)
+    matchers = {"torchvision": torchvision_matcher, "iou": iou_matcher, "atss": ATSSMatcher(args.topk)}
     gen = torch.Generator().manual_seed(0)
     rows, results = [], []
     for count in args.boxes:
@@ -67,6 +78,9 @@ def bench(args) -> int:  # noqa: ANN001
         wh = 20 + torch.rand(args.batch, count, 2, generator=gen) * 60
         gt = torch.cat([xy, xy + wh], dim=-1).to(device)
         valid = torch.ones(args.batch, count, dtype=torch.bool, device=device)
+        expected = torchvision_matcher(gt, valid, anchors, per_level)
+        if not torch.equal(iou_matcher(gt, valid, anchors), expected):
+            raise RuntimeError(f"the IoU matcher differs from torchvision's at {count} boxes per image")
 
         def call(name: str, gt: torch.Tensor = gt, valid: torch.Tensor = valid) -> float:
             start = time.perf_counter()
@@ -82,10 +96,11 @@ def bench(args) -> int:  # noqa: ANN001
             for name in matchers:
                 times[name].append(call(name))
         median = {name: statistics.median(t) * 1000 for name, t in times.items()}
+        speedup = median["torchvision"] / median["iou"]
         ratio = median["atss"] / median["iou"]
-        rows.append([count, f"{median['iou']:.1f}", f"{median['atss']:.1f}", f"{ratio:.2f}"])
-        results.append({"boxes_per_image": count, "iou_ms": median["iou"], "atss_ms": median["atss"]})
-    header = ["boxes/image", "iou ms", "atss ms", "atss / iou"]
+        rows.append([count, *(f"{median[n]:.1f}" for n in matchers), f"{speedup:.2f}x", f"{ratio:.2f}"])
+        results.append({"boxes_per_image": count, **{f"{n}_ms": median[n] for n in matchers}})
+    header = ["boxes/image", "torchvision ms", "iou ms", "atss ms", "iou speed-up", "atss / iou"]
     print(f"batch {args.batch} x {args.size} px, {anchors.shape[0]} anchors, ATSS topk {args.topk}, medians")
     print(format_table(rows, header))
     end = load_report("end", own_threads=args.threads)
