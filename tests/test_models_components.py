@@ -89,8 +89,10 @@ def test_matcher_equals_torchvision_per_image() -> None:
     for i, n in enumerate(counts):
         gt[i, :n] = random_boxes(n, 128, gen, min_wh=10.0)
         valid[i, :n] = True
-    matches = BatchMatcher(0.5, 0.4)(gt, valid, anchors)
+    matcher = BatchMatcher(0.5, 0.4)
+    matches = matcher(gt, valid, anchors)  # on the CPU: image by image
     assert matches.shape == (4, anchors.shape[0]) and matches.dtype == torch.int64
+    assert torch.equal(matcher._match(gt, valid, anchors), matches)  # the one-pass batch (the GPU's path)
     tv = det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=True)
     for i, n in enumerate(counts):
         if n == 0:

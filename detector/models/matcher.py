@@ -53,10 +53,18 @@ class BatchMatcher:
     ) -> torch.Tensor:
         """Matched ground-truth index per anchor [B, A] (int64): >= 0, BACKGROUND (-1) or IGNORE (-2).
 
-        `num_per_level` (anchors per pyramid level) is unused here; ATSS, with the same call, needs it."""
+        `num_per_level` (anchors per pyramid level) is unused here; ATSS, with the same call, needs it. On
+        the CPU the images are matched one at a time: a [1, G, A] IoU stays in cache, faster than one
+        [B, G, A] pass (tools/bench_matcher.py); on a GPU the batch is one pass (fewer launches)."""
         batch, num_gt = gt_boxes.shape[:2]
         if num_gt == 0:
             return torch.full((batch, anchors.shape[0]), BACKGROUND, dtype=torch.int64, device=anchors.device)
+        if anchors.device.type == "cpu" and batch > 1:
+            per_image = [self._match(gt_boxes[b : b + 1], valid[b : b + 1], anchors) for b in range(batch)]
+            return torch.cat(per_image)
+        return self._match(gt_boxes, valid, anchors)
+
+    def _match(self, gt_boxes: torch.Tensor, valid: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         iou = batched_box_iou(gt_boxes, anchors)
         iou = torch.where(valid[:, :, None], iou, torch.full_like(iou, -1.0))  # padding never wins
         matched_vals, matches = iou.max(dim=1)  # [B, A]
