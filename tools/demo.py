@@ -60,6 +60,15 @@ def demo(args, cfg) -> int:  # noqa: ANN001
     report, voc_result = evaluate_split(
         model, cfg_w, class_names, cfg.data.test_split, fps_iters=args.fps_iters
     )
+    timings.append(("evaluate", f"{time.perf_counter() - t:.1f} s"))
+    tta_rows = []
+    if not args.no_tta and not cfg_w.eval.tta:
+        t = time.perf_counter()
+        tta_report, _ = evaluate_split(model, cfg_w, class_names, cfg.data.test_split, tta=TTA_FLIPS)
+        report["tta_voc_ap50"] = tta_report["voc"]["map"]
+        name = f"VOC AP50, {cfg.data.test_split} split, flip TTA ({len(TTA_FLIPS) + 1} passes, --tta)"
+        tta_rows.append((name, cli.fmt_metric(report["tta_voc_ap50"])))
+        timings.append(("evaluate with flip TTA", f"{time.perf_counter() - t:.1f} s"))
     eval_dir = out / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     report["weights"] = str(result.weights)
@@ -67,16 +76,6 @@ def demo(args, cfg) -> int:  # noqa: ANN001
     page = write_eval_page(eval_dir / "results.json", report, voc_result, class_names, to_yaml(cfg_w))
     report["report_page"] = None if page is None else str(page)
     (eval_dir / "results.json").write_text(json.dumps(report, indent=2))
-    timings.append(("evaluate", f"{time.perf_counter() - t:.1f} s"))
-    tta_rows = []
-    if not args.no_tta and not cfg_w.eval.tta:
-        t = time.perf_counter()
-        tta_report, _ = evaluate_split(model, cfg_w, class_names, cfg.data.test_split, tta=TTA_FLIPS)
-        report["tta_voc_ap50"] = tta_report["voc"]["map"]
-        (eval_dir / "results.json").write_text(json.dumps(report, indent=2))
-        name = f"VOC AP50, {cfg.data.test_split} split, flip TTA ({len(TTA_FLIPS) + 1} passes, --tta)"
-        tta_rows.append((name, cli.fmt_metric(report["tta_voc_ap50"])))
-        timings.append(("evaluate with flip TTA", f"{time.perf_counter() - t:.1f} s"))
 
     t = time.perf_counter()
     drawn = draw_examples(model, cfg_w, class_names, out / "detections", args.score)

@@ -20,7 +20,7 @@ def batched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU [B, G, A] of boxes1 [B, G, 4] against boxes2 [A, 4] or [B, A, 4], bit for bit torchvision's.
 
     Each coordinate is broadcast as its own [B, G, 1] against [B, 1, A] plane: a [..., 2]-wide inner dimension
-    (torchvision's `lt`/`rb`) makes every max/min a 2-element inner loop, 4-5x slower on the CPU."""
+    (torchvision's `lt`/`rb`) makes every max/min a 2-element inner loop, several times slower on the CPU."""
     if boxes2.dim() == 2:
         boxes2 = boxes2.unsqueeze(0)
     x1a, y1a, x2a, y2a = (t.unsqueeze(2) for t in boxes1.unbind(-1))  # [B, G, 1] each
