@@ -114,6 +114,9 @@ class DataConfig:
     hflip: bool = True
     vflip: bool = False  # aerial data: orientation carries no meaning
     color_jitter: bool = True
+    # Multiplier of the colour jitter's ranges: 1 is brightness/contrast/saturation +-0.2 and hue +-0.02;
+    # 2 doubles them (other acquisitions: darker, shadowed canopy). Must be in (0, 4].
+    color_strength: float = 1.0
     scale_jitter: float = 0.0  # > 0: random rescale in [1 - j, 1 + j] before the letterbox
     # Stronger augmentation (issue 20), all off by default. rot90: turn the content by 0/90/180/270 degrees
     # (with the flips, before the pad). crop_scale: [min, max] random resized crop: a window of that area
@@ -242,6 +245,7 @@ def _validate(cfg: Config) -> None:
         (cfg.data.format in (None, "voc", "coco", "yolo"), "data.format", "voc, coco, yolo or null (detect)"),
         (valid_crop_scale(cfg.data.crop_scale), "data.crop_scale", CROP_SCALE_EXPECTED),
         (valid_mosaic(cfg.data.mosaic), "data.mosaic", MOSAIC_EXPECTED),
+        (0.0 < cfg.data.color_strength <= 4.0, "data.color_strength", "in (0, 4] (1: the default jitter)"),
         (cfg.train.optimizer in ("sgd", "adamw"), "train.optimizer", "sgd or adamw"),
         (cfg.train.schedule in ("cosine", "step"), "train.schedule", "cosine or step"),
         (cfg.train.lr > 0, "train.lr", "positive"),

@@ -311,6 +311,26 @@ def test_options_off_add_no_random_draw():
         assert torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["pad"], tc["pad"])
 
 
+def test_color_strength_scales_the_jitter_ranges():
+    """data.color_strength = 2 is ColorJitter with every range doubled, and changes the images."""
+    g = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g)
+    target = {"boxes": torch.tensor([[5.0, 5.0, 60.0, 40.0]]), "labels": torch.tensor([1])}
+    steps = [
+        A.LongestMaxSize(max_size=64),
+        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.04, p=0.8),
+    ]
+    doubled = DetectionTransform(64, A.Compose(steps, bbox_params=_bbox_params()), seed=5)
+    strong = build_train_transforms(DataConfig(size=64, hflip=False, color_strength=2.0), seed=5)
+    plain = build_train_transforms(DataConfig(size=64, hflip=False), seed=5)
+    differs = 0
+    for _ in range(6):
+        (a, _), (b, _), (c, _) = doubled(image, target), strong(image, target), plain(image, target)
+        assert torch.equal(a, b)
+        differs += int(not torch.equal(b, c))
+    assert differs >= 3  # p = 0.8 per draw: the same draws scaled differently give other pixels
+
+
 def test_mosaic_off_loads_the_item_as_before():
     data = _mosaic_data(p=0.0, crop_scale=[0.5, 1.0])
     plain = PaintedTiles(

@@ -80,6 +80,8 @@ def test_yaml_then_dotted_overrides(tmp_path):
         (["model.loss.ohem_nms=1.5"], "model.loss.ohem_nms"),
         (["data.eval_root=[]"], "data.eval_root"),
         (["data.root=[]"], "data.root"),
+        (["data.color_strength=0"], "data.color_strength"),
+        (["data.color_strength=5"], "data.color_strength"),
     ],
 )
 def test_bad_override_is_a_config_error_naming_the_key(overrides, named):

@@ -259,8 +259,9 @@ def _jitter_sizes(size: int, jitter: float) -> list[int]:
 
 def build_train_transforms(data_cfg: Any, seed: int | None = None) -> DetectionTransform:
     """Train pipeline from a DataConfig: optional random resized crop (crop_scale), letterbox to `size`,
-    flips, optional 90-degree rotations (rot90), colour jitter, optional scale jitter. Options that are off
-    add no random draw, so a config without them gives the same images as before they existed."""
+    flips, optional 90-degree rotations (rot90), colour jitter (ranges times color_strength), optional scale
+    jitter. Options that are off add no random draw, so a config without them gives the same images as
+    before they existed."""
     size = check_letterbox_size(int(data_cfg.size))
     sizes = _jitter_sizes(size, float(getattr(data_cfg, "scale_jitter", 0.0)))
     steps: list[A.BasicTransform] = [A.LongestMaxSize(max_size=sizes if len(sizes) > 1 else size)]
@@ -272,7 +273,8 @@ def build_train_transforms(data_cfg: Any, seed: int | None = None) -> DetectionT
     if rotates:
         steps.append(A.RandomRotate90(p=1.0))  # 0, 90, 180 or 270 degrees, equally likely
     if getattr(data_cfg, "color_jitter", True):
-        steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8))
+        k = float(getattr(data_cfg, "color_strength", 1.0))
+        steps.append(A.ColorJitter(brightness=0.2 * k, contrast=0.2 * k, saturation=0.2 * k, hue=0.02 * k, p=0.8))
     return DetectionTransform(
         size,
         A.Compose(steps, bbox_params=_bbox_params()),
