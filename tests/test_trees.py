@@ -157,6 +157,27 @@ def test_splits_and_counts_follow_the_rule(built) -> None:
     assert summary["splits"]["val"]["tiles"] == 7  # 400x2472 -> one column of 7 tiles
 
 
+def test_summary_statistics_recomputed_from_the_written_files(built) -> None:
+    """Median crown side and mean luma of each split, recomputed from the PNG and XML files written."""
+    out, summary = built
+    for split in ("train", "val", "test"):
+        ids = (out / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        sides, lumas = [], []
+        for tile_id in ids:
+            for x0, y0, x1, y1 in _written_boxes(out / "Annotations" / f"{tile_id}.xml"):
+                sides.append(((x1 - x0) * (y1 - y0)) ** 0.5)
+            rgb = np.asarray(
+                Image.open(out / "JPEGImages" / f"{tile_id}.png").convert("RGB"), dtype=np.float64
+            )
+            lumas.append((0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).mean())
+        info = summary["splits"][split]
+        assert info["crown_px"] == pytest.approx(float(np.median(sides)))
+        assert info["luma"] == pytest.approx(float(np.mean(lumas)))
+    rows = trees.summary_rows(summary)
+    assert rows[0][4] == f"{summary['splits']['train']['boxes'] / summary['splits']['train']['tiles']:.1f}"
+    assert rows[-1][:4] == ("total", 5, 54, sum(i["boxes"] for i in summary["splits"].values()))
+
+
 def test_no_crown_is_seen_by_both_train_and_val(built) -> None:
     out, _ = built
     boxes = np.array(_source_objects(_source_dir() / f"{TRAIN[0]}.xml"), dtype=np.float64)
@@ -233,7 +254,15 @@ def test_rerun_through_the_tool_is_byte_identical(built, capsys) -> None:
     for split in ("train", "val", "test"):
         info = summary["splits"][split]
         line = next(line for line in printed.splitlines() if line.startswith(split))
-        assert line.split() == [split, str(len(info["sources"])), str(info["tiles"]), str(info["boxes"])]
+        assert line.split() == [
+            split,
+            str(len(info["sources"])),
+            str(info["tiles"]),
+            str(info["boxes"]),
+            f"{info['boxes'] / info['tiles']:.1f}",
+            f"{info['crown_px']:.1f}",
+            f"{info['luma']:.0f}",
+        ]
 
 
 # ------------------------------------------------------------------------------------------------ failures

@@ -25,14 +25,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def prepare(args) -> int:  # noqa: ANN001
-    from detector.data.trees import build_trees_dataset, summary_rows
+    from detector.data.trees import SUMMARY_HEADER, build_trees_dataset, summary_rows
 
     summary = build_trees_dataset(args.out, args.source)
     print(
         f"tree dataset in {summary['out_dir']} (from {summary['source_dir']}; "
         f"{summary['files_written']} file(s) written)"
     )
-    print(cli.format_table(summary_rows(summary), header=("split", "sources", "tiles", "boxes")))
+    print(cli.format_table(summary_rows(summary), header=SUMMARY_HEADER))
     if args.whole:
         from detector.data.tree_sources import build_tree_sources
 

@@ -41,6 +41,7 @@ __all__ = [
     "MIN_SIDE",
     "SPLIT_COLUMNS",
     "SPLIT_SOURCES",
+    "SUMMARY_HEADER",
     "TILE_SIZE",
     "DeepForestNotFoundError",
     "Tile",
@@ -83,6 +84,9 @@ class Tile:
     pixels: np.ndarray
     boxes: np.ndarray
     truncated: np.ndarray  # bool [K]: the box was cut by the tile border
+
+
+_LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 weights of R, G, B
 
 
 def find_deepforest_data() -> Path:
@@ -207,10 +211,16 @@ def build_trees_dataset(
     for split, sources in SPLIT_SOURCES.items():
         ids: list[str] = []
         n_boxes = 0
+        sides: list[np.ndarray] = []
+        lumas: list[float] = []
         for name in sources:
             for tile in make_tiles(src, name, split, keep_empty_train):
                 ids.append(tile.tile_id)
                 n_boxes += len(tile.boxes)
+                sides.append(
+                    np.sqrt((tile.boxes[:, 2] - tile.boxes[:, 0]) * (tile.boxes[:, 3] - tile.boxes[:, 1]))
+                )
+                lumas.append(float((tile.pixels[..., :3].astype(np.float64) @ _LUMA).mean()))
                 written += atomic_write_bytes(
                     out / "JPEGImages" / f"{tile.tile_id}.png", _png_bytes(tile.pixels)
                 )
@@ -229,7 +239,13 @@ def build_trees_dataset(
         written += atomic_write_bytes(
             out / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{i}\n" for i in ids).encode("utf-8")
         )
-        summary["splits"][split] = {"sources": list(sources), "tiles": len(ids), "boxes": n_boxes}
+        summary["splits"][split] = {
+            "sources": list(sources),
+            "tiles": len(ids),
+            "boxes": n_boxes,
+            "crown_px": float(np.median(np.concatenate(sides))) if n_boxes else 0.0,
+            "luma": float(np.mean(lumas)) if lumas else 0.0,
+        }
     summary["files_written"] = int(written)
     return summary
 
@@ -257,9 +273,25 @@ def check_split_gap(source_dir: Path) -> None:
             )
 
 
-def summary_rows(summary: dict[str, Any]) -> list[tuple[str, int, int, int]]:
-    """(split, sources, tiles, boxes) per split of a `build_trees_dataset` summary, then the total."""
-    splits = summary["splits"]
-    rows = [(split, len(i["sources"]), i["tiles"], i["boxes"]) for split, i in splits.items()]
-    rows.append(("total", *(sum(r[k] for r in rows) for k in (1, 2, 3))))
+SUMMARY_HEADER = ("split", "sources", "tiles", "boxes", "crowns/tile", "median crown px", "mean luma")
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """One row per split of a `build_trees_dataset` summary (SUMMARY_HEADER), then the total. Density, crown
+    size (square root of the box area) and brightness (Rec. 601 luma, 0-255) show how far test is from train."""
+    rows: list[tuple[Any, ...]] = []
+    for split, i in summary["splits"].items():
+        per_tile = i["boxes"] / i["tiles"] if i["tiles"] else 0.0
+        rows.append(
+            (
+                split,
+                len(i["sources"]),
+                i["tiles"],
+                i["boxes"],
+                f"{per_tile:.1f}",
+                f"{i['crown_px']:.1f}",
+                f"{i['luma']:.0f}",
+            )
+        )
+    rows.append(("total", *(sum(r[k] for r in rows) for k in (1, 2, 3)), "", "", ""))
     return rows
