@@ -114,8 +114,8 @@ class DataConfig:
     hflip: bool = True
     vflip: bool = False  # aerial data: orientation carries no meaning
     color_jitter: bool = True
-    # Multiplier of the colour jitter's ranges: 1 is brightness/contrast/saturation +-0.2 and hue +-0.02;
-    # 2 doubles them (other acquisitions: darker, shadowed canopy). Must be in (0, 4].
+    # Multiplier of the colour jitter's ranges: 1 is brightness/contrast/saturation +-0.2 and hue +-0.02,
+    # 2 doubles them (for other sites' light; on the trees it did not help, docs/accuracy.md). In (0, 4].
     color_strength: float = 1.0
     scale_jitter: float = 0.0  # > 0: random rescale in [1 - j, 1 + j] before the letterbox
     # Stronger augmentation (issue 20), all off by default. rot90: turn the content by 0/90/180/270 degrees
