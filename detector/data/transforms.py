@@ -274,7 +274,9 @@ def build_train_transforms(data_cfg: Any, seed: int | None = None) -> DetectionT
         steps.append(A.RandomRotate90(p=1.0))  # 0, 90, 180 or 270 degrees, equally likely
     if getattr(data_cfg, "color_jitter", True):
         k = float(getattr(data_cfg, "color_strength", 1.0))
-        steps.append(A.ColorJitter(brightness=0.2 * k, contrast=0.2 * k, saturation=0.2 * k, hue=0.02 * k, p=0.8))
+        steps.append(
+            A.ColorJitter(brightness=0.2 * k, contrast=0.2 * k, saturation=0.2 * k, hue=0.02 * k, p=0.8)
+        )
     return DetectionTransform(
         size,
         A.Compose(steps, bbox_params=_bbox_params()),
